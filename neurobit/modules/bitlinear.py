@@ -63,7 +63,19 @@ class BitLinear(nn.Module):
                 self.register_buffer("tau", t)
         else:
             self.tau = None
+        self._frozen: Ternary | None = None
         self.reset_parameters()
+
+    def freeze(self) -> "BitLinear":
+        """Quantize once and reuse the codes/scale in every forward (inference; no gradient to
+        the master weight). Call again after changing the weights; :meth:`unfreeze` undoes it."""
+        q = self.ternary()
+        self._frozen = Ternary(q.codes.detach().clone(), q.scale.detach().clone())
+        return self
+
+    def unfreeze(self) -> "BitLinear":
+        self._frozen = None
+        return self
 
     def reset_parameters(self) -> None:
         """Kaiming-uniform master weights (as ``nn.Linear``); zero bias."""
@@ -100,7 +112,7 @@ class BitLinear(nn.Module):
                              f"got shape {list(x.shape)}")
         if self.act_bits is not None:
             x = quantize_activations_absmax(x, self.act_bits)
-        q = self.ternary()
+        q = self._frozen if self._frozen is not None else self.ternary()
         if self.banks is None:
             y = torch.nn.functional.linear(x, q.codes) * q.scale
         else:

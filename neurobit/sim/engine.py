@@ -1,0 +1,161 @@
+"""The timestep engine: fixed, named phases per step, trials batched, streamed to disk.
+
+Phases of step t (in this order, every step)::
+
+    stimulus   spike sources emit x_t; currents give I_t                    [trials, n]
+    synapse    u_t = sum_proj W (x_t or s_{t-1} of the source) + I_t         (one-step delay
+               between populations, as the recurrent synapses of a MicroCircuit)
+    integrate  v_t = alpha v_{t-1} + u_t - beta s_{t-1}                      (functional.lif)
+    threshold  s_t = H(v_t - theta)
+    reset      the subtractive reset of s_t is applied in step t+1's integrate (delayed reset)
+    blocks     circuit blocks (hub, ACC) read s_t, may write feedback for t+1
+    record     spike monitors read s_t (phase threshold); state monitors read v_t (phase
+               integrate: the membrane before reset)
+
+integrate/threshold/reset are one call of ``LIFPopulation.step`` (the LIF update written once in
+``neurobit.functional.lif``). Stimulus-driven synaptic input does not depend on the state, so it
+is computed for a whole chunk of steps with one GEMM per projection. Memory is bounded by the
+chunk: spikes and states of ``chunk_steps`` steps are buffered, then written and dropped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from neurobit.functional.lif import LIFState
+from neurobit.sim.network import Network
+
+PHASES = ("stimulus", "synapse", "integrate", "threshold", "reset", "blocks", "record")
+
+
+class Sink(Protocol):
+    """Where the engine streams results (``neurobit.record.RunWriter`` implements it)."""
+
+    def append_spikes(self, name: str, steps: np.ndarray, node_ids: np.ndarray,
+                      trials: np.ndarray) -> None: ...
+
+    def append_report(self, name: str, data: np.ndarray) -> None: ...
+
+    def mark_steps(self, n_steps_done: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+@dataclass
+class StateMonitor:
+    population: str
+    indices: np.ndarray
+    every_steps: int
+
+
+@dataclass
+class RunSummary:
+    steps: int
+    spike_counts: dict[str, np.ndarray] = field(default_factory=dict)  # [trials, units]
+
+
+class Engine:
+    """Runs a built :class:`Network` for ``n_steps`` steps, streaming to a :class:`Sink`."""
+
+    def __init__(self, net: Network, spike_monitors: list[str], state_monitors: list[StateMonitor],
+                 chunk_steps: int = 1000):
+        self.net, self.chunk_steps = net, chunk_steps
+        self.spike_monitors, self.state_monitors = spike_monitors, state_monitors
+        cfg = net.cfg
+        self.trials = cfg.trials
+        self.n_steps = int(round(cfg.duration_ms / cfg.dt_ms))
+        self.blocks: list[Callable] = []
+        self._stim_proj = [p for p in net.projections if p.cfg.source in net.stimuli]
+        self._pop_proj = [p for p in net.projections if p.cfg.source in net.populations]
+        self._currents = [s for s in net.stimuli.values() if s.is_current]
+
+    def initial_states(self) -> dict[str, LIFState]:
+        gen = torch.Generator().manual_seed(self.net.cfg.seed + 1)
+        states = {}
+        for name, pop in self.net.populations.items():
+            st = pop.lif.initial_state((self.trials, *pop.state_shape[:-1]), self.net.dtype)
+            if self.net.cfg.populations[name].v_init == "uniform":
+                theta = pop.lif.theta.to(self.net.dtype)
+                v = torch.rand(st.v.shape, generator=gen, dtype=self.net.dtype) * theta
+                st = LIFState(v, st.s)
+            states[name] = st
+        return states
+
+    def _flat(self, name: str, s: torch.Tensor) -> torch.Tensor:
+        return s.reshape(self.trials, self.net.populations[name].units)
+
+    def run(self, sink: Sink, progress: Callable[[int], None] | None = None) -> RunSummary:
+        net, T = self.net, self.n_steps
+        states = self.initial_states()
+        summary = RunSummary(T, {n: np.zeros((self.trials, net.populations[n].units), np.int64)
+                                 for n in self.spike_monitors})
+        threads = torch.get_num_threads()
+        # Per-step tensors are small: one intra-op thread avoids spin-wait overhead per op.
+        torch.set_num_threads(1)
+        try:
+            with torch.no_grad():
+                self._run_chunks(T, states, sink, summary, progress)
+        finally:
+            torch.set_num_threads(threads)
+        return summary
+
+    def _run_chunks(self, T, states, sink, summary, progress):
+        for t0 in range(0, T, self.chunk_steps):
+            k = min(self.chunk_steps, T - t0)
+            states = self._run_chunk(t0, k, states, sink, summary)
+            sink.flush()
+            if progress is not None:
+                progress(k)
+
+    def _chunk_drive(self, t0: int, k: int) -> dict[str, torch.Tensor]:
+        """stimulus + the state-independent part of synapse for steps [t0, t0+k)."""
+        net = self.net
+        drive = {n: torch.zeros((k, self.trials, *p.state_shape), dtype=net.dtype)
+                 for n, p in net.populations.items()}
+        x = {n: s.chunk(t0, k) for n, s in net.stimuli.items()}
+        for proj in self._stim_proj:
+            drive[proj.cfg.target] += proj(x[proj.cfg.source])
+        for s in self._currents:
+            tgt = drive[s.stim.target]
+            tgt += x[s.name].view(k, self.trials, *([1] * (tgt.dim() - 2)))
+        return drive
+
+    def _run_chunk(self, t0, k, states, sink: Sink, summary: RunSummary):
+        net = self.net
+        drive = self._chunk_drive(t0, k)
+        spk_buf = {n: torch.zeros((k, self.trials, net.populations[n].units), dtype=torch.bool)
+                   for n in self.spike_monitors}
+        v_buf = {id(m): [] for m in self.state_monitors}
+        drive_t = {n: d.unbind(0) for n, d in drive.items()}
+        for i in range(k):
+            t = t0 + i
+            # synapse: population -> population with the spikes of step t-1
+            u = {n: drive_t[n][i] for n in net.populations}
+            for proj in self._pop_proj:
+                src = states[proj.cfg.source].s
+                src = src if proj.per_circuit else self._flat(proj.cfg.source, src)
+                u[proj.cfg.target] = u[proj.cfg.target] + proj.spikes(src)
+            # integrate, threshold, reset (delayed): the LIF update
+            for n, pop in net.populations.items():
+                _, states[n] = pop.lif.step(u[n], states[n])
+            for block in self.blocks:
+                block(t, states)
+            # record
+            for n in self.spike_monitors:
+                spk_buf[n][i] = self._flat(n, states[n].s) > 0
+            for m in self.state_monitors:
+                if t % m.every_steps == 0:
+                    v = self._flat(m.population, states[m.population].v)[:, m.indices]
+                    v_buf[id(m)].append(v.T.to(torch.float32))
+        for n in self.spike_monitors:
+            step_i, trial, node = torch.nonzero(spk_buf[n], as_tuple=True)
+            sink.append_spikes(n, (step_i + t0).numpy(), node.numpy(), trial.numpy())
+            summary.spike_counts[n] += spk_buf[n].sum(0).numpy()
+        for m in self.state_monitors:
+            if v_buf[id(m)]:
+                sink.append_report(m.population, torch.stack(v_buf[id(m)], 0).numpy())
+        sink.mark_steps(t0 + k)
+        return states
