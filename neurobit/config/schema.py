@@ -159,6 +159,9 @@ class CircuitConfig(Strict):
     seed: Annotated[int, Field(ge=0)] = 0
     dtype: Literal["float32", "float64"] = "float32"
     chunk_steps: PositiveInt = Field(1000, description="steps simulated between disk writes")
+    stepper: Literal["auto", "reference", "fused"] = Field(
+        "auto", description="reference: torch modules step by step (the oracle); fused: one "
+        "numba kernel per chunk (identical spikes); auto: fused where supported")
     max_memory_gb: PositiveFloat = Field(8.0, description="refuse networks estimated above this")
     output: Optional[str] = Field(None, description="default output path (.h5)")
     populations: dict[str, PopulationConfig]

@@ -107,12 +107,17 @@ class BitLinear(nn.Module):
         return (q.codes * q.scale).detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self._frozen if self._frozen is not None else self.ternary()
+        return self.apply_ternary(x, q)
+
+    def apply_ternary(self, x: torch.Tensor, q: Ternary) -> torch.Tensor:
+        """``scale * (x @ codes^T) + bias`` with codes/scale ``q`` from :meth:`ternary` (lets a
+        time loop quantize once per sequence instead of once per step)."""
         if x.shape[-1] != self.in_features:
             raise ShapeError(f"x: last axis must be in_features={self.in_features}, "
                              f"got shape {list(x.shape)}")
         if self.act_bits is not None:
             x = quantize_activations_absmax(x, self.act_bits)
-        q = self._frozen if self._frozen is not None else self.ternary()
         if self.banks is None:
             y = torch.nn.functional.linear(x, q.codes) * q.scale
         else:

@@ -83,10 +83,11 @@ class MicroCircuit(nn.Module):
         """One step from input ``x`` ``[B, n_in]``: returns ``(y_t, s_t, state_t)``."""
         return self._step_from_current(self.w_in(x), state, feedback)
 
-    def _step_from_current(self, u_in, state, feedback):
+    def _step_from_current(self, u_in, state, feedback, q_rec=None):
         u = u_in
         if self.w_rec is not None:
-            u = u + self.w_rec(state.lif.s)
+            q_rec = q_rec if q_rec is not None else self.w_rec.ternary()
+            u = u + self.w_rec.apply_ternary(state.lif.s, q_rec)
         if feedback is not None:
             u = u + feedback
         s, lif_state = self.lif.step(u, state.lif)
@@ -108,9 +109,10 @@ class MicroCircuit(nn.Module):
             spikes, lif_state = self.lif(u_in, state.lif)
             state = MicroCircuitState(lif_state)
         else:
+            q_rec = self.w_rec.ternary()  # quantize once per sequence, not per step
             out = []
             for u in u_in.unbind(0):
-                _, s, state = self._step_from_current(u, state, None)
+                _, s, state = self._step_from_current(u, state, None, q_rec)
                 out.append(s)
             spikes = torch.stack(out, 0)
         y = self.w_out(spikes) if self.w_out is not None else None

@@ -61,8 +61,9 @@ class Engine:
     """Runs a built :class:`Network` for ``n_steps`` steps, streaming to a :class:`Sink`."""
 
     def __init__(self, net: Network, spike_monitors: list[str], state_monitors: list[StateMonitor],
-                 chunk_steps: int = 1000):
+                 chunk_steps: int = 1000, stepper: str = "auto"):
         self.net, self.chunk_steps = net, chunk_steps
+        self.requested_stepper = stepper
         self.spike_monitors, self.state_monitors = spike_monitors, state_monitors
         cfg = net.cfg
         self.trials = cfg.trials
@@ -71,6 +72,17 @@ class Engine:
         self._stim_proj = [p for p in net.projections if p.cfg.source in net.stimuli]
         self._pop_proj = [p for p in net.projections if p.cfg.source in net.populations]
         self._currents = [s for s in net.stimuli.values() if s.is_current]
+
+    def choose_stepper(self) -> str:
+        """``reference`` or ``fused``: ``auto`` takes fused when the network allows it."""
+        from neurobit.errors import ConfigError
+        from neurobit.sim.fused import fused_supported
+        why = fused_supported(self.net, len(self.blocks))
+        if self.requested_stepper == "fused" and why:
+            raise ConfigError(f"stepper: fused cannot run this circuit: {why}")
+        if self.requested_stepper == "reference" or why:
+            return "reference"
+        return "fused"
 
     def initial_states(self) -> dict[str, LIFState]:
         gen = torch.Generator().manual_seed(self.net.cfg.seed + 1)
@@ -90,6 +102,9 @@ class Engine:
     def run(self, sink: Sink, progress: Callable[[int], None] | None = None) -> RunSummary:
         net, T = self.net, self.n_steps
         states = self.initial_states()
+        self.stepper = self.choose_stepper()
+        if self.stepper == "fused":
+            self._init_fused(states)
         summary = RunSummary(T, {n: np.zeros((self.trials, net.populations[n].units), np.int64)
                                  for n in self.spike_monitors})
         threads = torch.get_num_threads()
@@ -117,15 +132,37 @@ class Engine:
                  for n, p in net.populations.items()}
         x = {n: s.chunk(t0, k) for n, s in net.stimuli.items()}
         for proj in self._stim_proj:
-            drive[proj.cfg.target] += proj(x[proj.cfg.source])
+            drive[proj.cfg.target] += proj.spikes(x[proj.cfg.source])  # sources emit 0/1
         for s in self._currents:
             tgt = drive[s.stim.target]
             tgt += x[s.name].view(k, self.trials, *([1] * (tgt.dim() - 2)))
         return drive
 
     def _run_chunk(self, t0, k, states, sink: Sink, summary: RunSummary):
-        net = self.net
         drive = self._chunk_drive(t0, k)
+        if self.stepper == "fused":
+            spikes, v_samples = self._steps_fused(t0, k, drive)
+        else:
+            spikes, v_samples, states = self._steps_reference(t0, k, drive, states)
+        # record
+        for n in self.spike_monitors:
+            step_i, trial, node = torch.nonzero(spikes[n], as_tuple=True)
+            sink.append_spikes(n, (step_i + t0).numpy(), node.numpy(), trial.numpy())
+            summary.spike_counts[n] += spikes[n].sum(0).numpy()
+        for m, data in zip(self.state_monitors, v_samples):
+            if data is not None and len(data):
+                sink.append_report(m.population, data)
+        sink.mark_steps(t0 + k)
+        return states
+
+    def _sample_steps(self, m: StateMonitor, t0: int, k: int) -> np.ndarray:
+        """Chunk-relative indices of the steps monitor ``m`` samples (``t % every_steps == 0``)."""
+        first = (-t0) % m.every_steps
+        return np.arange(first, k, m.every_steps)
+
+    def _steps_reference(self, t0, k, drive, states):
+        """The phases step by step with torch modules (the oracle)."""
+        net = self.net
         spk_buf = {n: torch.zeros((k, self.trials, net.populations[n].units), dtype=torch.bool)
                    for n in self.spike_monitors}
         v_buf = {id(m): [] for m in self.state_monitors}
@@ -143,19 +180,44 @@ class Engine:
                 _, states[n] = pop.lif.step(u[n], states[n])
             for block in self.blocks:
                 block(t, states)
-            # record
             for n in self.spike_monitors:
                 spk_buf[n][i] = self._flat(n, states[n].s) > 0
             for m in self.state_monitors:
                 if t % m.every_steps == 0:
                     v = self._flat(m.population, states[m.population].v)[:, m.indices]
                     v_buf[id(m)].append(v.T.to(torch.float32))
+        v_samples = [torch.stack(v_buf[id(m)], 0).numpy() if v_buf[id(m)] else None
+                     for m in self.state_monitors]
+        return spk_buf, v_samples, states
+
+    def _init_fused(self, states: dict[str, LIFState]) -> None:
+        from neurobit.sim.fused import build_layout
+        self._layout = lay = build_layout(self.net, self._pop_proj)
+        self._v = torch.cat([self._flat(n, states[n].v) for n in self.net.populations], 1).numpy().copy()
+        self._s = torch.cat([self._flat(n, states[n].s) for n in self.net.populations], 1).numpy().copy()
+        self._mon_idx = np.concatenate(
+            [lay.offsets[m.population] + m.indices for m in self.state_monitors]
+        ).astype(np.int64) if self.state_monitors else np.zeros(0, np.int64)
+
+    def _steps_fused(self, t0, k, drive):
+        """The same phases in one numba kernel per chunk (see neurobit.sim.fused)."""
+        from neurobit.sim.fused import fused_chunk_kernel
+        lay = self._layout
+        d = torch.cat([drive[n].reshape(k, self.trials, -1) for n in self.net.populations], 2)
+        spk = np.zeros((k, self.trials, lay.n_total), dtype=np.bool_)
+        v_out = np.zeros((k, self.trials, len(self._mon_idx)), dtype=self._v.dtype)
+        fused_chunk_kernel(np.ascontiguousarray(d.numpy()), self._v, self._s, lay.alpha,
+                           lay.theta, lay.beta, lay.p_src_start, lay.p_src_n, lay.p_tgt_start,
+                           lay.p_tgt_n, lay.p_scale, lay.p_ptr_off, lay.indptr, lay.targets,
+                           lay.codes, spk, self._mon_idx, v_out)
+        spikes = {}
         for n in self.spike_monitors:
-            step_i, trial, node = torch.nonzero(spk_buf[n], as_tuple=True)
-            sink.append_spikes(n, (step_i + t0).numpy(), node.numpy(), trial.numpy())
-            summary.spike_counts[n] += spk_buf[n].sum(0).numpy()
+            o = lay.offsets[n]
+            spikes[n] = torch.from_numpy(spk[:, :, o:o + self.net.populations[n].units])
+        v_samples, col = [], 0
         for m in self.state_monitors:
-            if v_buf[id(m)]:
-                sink.append_report(m.population, torch.stack(v_buf[id(m)], 0).numpy())
-        sink.mark_steps(t0 + k)
-        return states
+            rows = self._sample_steps(m, t0, k)
+            block = v_out[rows][:, :, col:col + len(m.indices)]  # [samples, trials, idx]
+            v_samples.append(np.ascontiguousarray(block.transpose(0, 2, 1)).astype(np.float32))
+            col += len(m.indices)
+        return spikes, v_samples

@@ -63,7 +63,7 @@ class Projection:
         return self.linear(self._expand(src))
 
     def spikes(self, s: torch.Tensor) -> torch.Tensor:
-        """Binary spikes of one step ``[B, source units]`` (``[B, M, size]`` per circuit):
+        """Binary spikes ``[..., source units]`` (``[B, M, size]`` per circuit):
         event-driven when sparse, the dense product otherwise (identical results)."""
         if float(s.count_nonzero()) > self.event_fraction * s.numel():
             return self(s)

@@ -38,7 +38,7 @@ def build_engine(cfg: CircuitConfig) -> Engine:
         n = population_units(cfg, m.population)
         idx = np.arange(n) if m.indices is None else np.asarray(m.indices, dtype=np.int64)
         state_monitors.append(StateMonitor(m.population, idx, m.every_steps))
-    return Engine(net, list(cfg.monitors.spikes), state_monitors, cfg.chunk_steps)
+    return Engine(net, list(cfg.monitors.spikes), state_monitors, cfg.chunk_steps, cfg.stepper)
 
 
 def simulate(cfg: CircuitConfig, out: str | Path, *, force: bool = False,
