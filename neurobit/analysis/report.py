@@ -17,7 +17,7 @@ COLUMNS = ("population", "units", "spikes", "rate_hz", "cv_isi", "fano", "active
 
 def summarize(run, trial: int = 0, bin_ms: float = 10.0) -> list[dict]:
     """One dict per recorded population with the statistics of ``COLUMNS``."""
-    t0, t1 = 0.0, run.n_steps * run.dt_ms
+    t0, t1 = 0.0, recorded_ms(run)
     rows = []
     for pop in run.populations:
         trains = run.spike_trains(pop, trial)
@@ -33,6 +33,11 @@ def summarize(run, trial: int = 0, bin_ms: float = 10.0) -> list[dict]:
             sparsity=float(np.nanmean(sparsity)) if np.isfinite(sparsity).any() else float("nan"),
         ))
     return rows
+
+
+def recorded_ms(run) -> float:
+    """Duration covered by the file: all steps, or those written before an interruption."""
+    return (run.n_steps if run.complete else run.steps_written) * run.dt_ms
 
 
 def concat_populations(run, trial: int = 0) -> tuple[list[np.ndarray], dict[str, range]]:
@@ -71,7 +76,7 @@ def print_report(path: str | Path, plot: str | Path | None = None, trial: int = 
             trains, ranges = concat_populations(run, trial)
             if not trains:
                 raise ParameterError(f"{path}: no spike population recorded; nothing to plot")
-            t1 = run.n_steps * run.dt_ms
+            t1 = recorded_ms(run)
             summary_figure(trains, 0.0, t1, path=plot, populations=ranges,
                            bin_ms=max(run.dt_ms, min(5.0, t1 / 50)),
                            title=f"{Path(path).name} (trial {trial})")

@@ -1,0 +1,75 @@
+"""Small timing helpers shared by the benchmarks in ``analysis/benchmarks``.
+
+- :func:`time_round_robin` times several callables interleaved (one call of each per round), so
+  slow drifts of a shared machine hit every contender alike; returns milliseconds per call.
+- :func:`summarize` gives the median and the inter-quartile range (ms) of a list of samples.
+- :func:`machine_line` describes the machine and library versions for a results file.
+"""
+from __future__ import annotations
+
+import gc
+import platform
+import time
+from importlib import metadata
+from typing import Callable, Mapping
+
+import numpy as np
+
+
+def time_round_robin(fns: Mapping[str, Callable[[], object]], warmup: int,
+                     repeats: int) -> dict[str, list[float]]:
+    """Call every ``fns[name]()`` ``warmup`` times (untimed), then ``repeats`` timed rounds.
+
+    Each round calls every function once, in the given order. Returns ``{name: [ms, ...]}``
+    with ``repeats`` wall-clock samples (``time.perf_counter``) per function.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats: must be >= 1, got {repeats}")
+    if warmup < 0:
+        raise ValueError(f"warmup: must be >= 0, got {warmup}")
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            gc.collect()
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - t0) * 1e3)
+    return samples
+
+
+def summarize(samples_ms: list[float]) -> tuple[float, float]:
+    """``(median, IQR)`` in ms of the samples (IQR = 75th - 25th percentile)."""
+    a = np.asarray(samples_ms, dtype=float)
+    q25, q50, q75 = np.percentile(a, [25, 50, 75])
+    return float(q50), float(q75 - q25)
+
+
+def cpu_model() -> str:
+    """The CPU model name from ``/proc/cpuinfo`` (or :func:`platform.processor`)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_line(torch_threads: int, numba_threads: int, dists: tuple[str, ...]) -> str:
+    """One line: CPU model, logical cores, Python and library versions, thread counts."""
+    import os
+
+    versions = ", ".join(f"{d} {_version(d)}" for d in dists)
+    return (f"{cpu_model()}, {os.cpu_count()} logical cores; Python {platform.python_version()}; "
+            f"{versions}; torch threads {torch_threads}, numba threads {numba_threads}")
