@@ -77,7 +77,7 @@ def projection_shape(cfg: CircuitConfig, pr) -> tuple[int, ...]:
 
 def _resolve(base_dir: Path, p: str) -> Path:
     q = Path(p).expanduser()
-    return q if q.is_absolute() else (base_dir / q)
+    return q if q.is_absolute() else (base_dir / q).resolve()
 
 
 def check_semantics(cfg: CircuitConfig, base_dir: Path) -> list[tuple[tuple, str]]:
@@ -97,15 +97,6 @@ def check_semantics(cfg: CircuitConfig, base_dir: Path) -> list[tuple[tuple, str
         if p.alpha is None and p.tau_mem_ms is None:
             errs.append((("populations", name, "tau_mem_ms"), "give tau_mem_ms or alpha"))
         errs += _backend_problems(cfg, name)
-    spike_sources = {n for n, s in cfg.stimuli.items() if s.type in SPIKE_SOURCES}
-    for i, pr in enumerate(cfg.projections):
-        if pr.source not in cfg.populations and pr.source not in spike_sources:
-            errs.append((("projections", i, "source"),
-                         f"unknown population or spike stimulus {pr.source!r}"))
-        if pr.target not in cfg.populations:
-            errs.append((("projections", i, "target"), f"unknown population {pr.target!r}"))
-        if pr.checkpoint is not None:
-            errs += _checkpoint_problems(cfg, i, base_dir)
     for name, s in cfg.stimuli.items():
         loc = ("stimuli", name)
         if getattr(s, "target", None) is not None and s.target not in cfg.populations:
@@ -119,6 +110,12 @@ def check_semantics(cfg: CircuitConfig, base_dir: Path) -> list[tuple[tuple, str
                 errs.append((loc + ("path",), f"file not found: {f}"))
             else:
                 s.path = str(f)
+                if isinstance(s, SpikeFileStimulus):
+                    from neurobit.sim.stimuli import read_spike_file
+                    try:
+                        read_spike_file(s, cfg.dt_ms)
+                    except NeurobitError as e:
+                        errs.append((loc + ("path",), str(e)))
         if isinstance(s, ImageStimulus):
             if not s.source.startswith("digits:"):
                 f = _resolve(base_dir, s.source)
@@ -130,6 +127,15 @@ def check_semantics(cfg: CircuitConfig, base_dir: Path) -> list[tuple[tuple, str
                 spike_source_size(s)
             except NeurobitError as e:
                 errs.append((loc + ("source",), str(e)))
+    spike_sources = {n for n, s in cfg.stimuli.items() if s.type in SPIKE_SOURCES}
+    for i, pr in enumerate(cfg.projections):
+        if pr.source not in cfg.populations and pr.source not in spike_sources:
+            errs.append((("projections", i, "source"),
+                         f"unknown population or spike stimulus {pr.source!r}"))
+        if pr.target not in cfg.populations:
+            errs.append((("projections", i, "target"), f"unknown population {pr.target!r}"))
+        if pr.checkpoint is not None and not errs:  # shapes need valid sources
+            errs += _checkpoint_problems(cfg, i, base_dir)
     for i, name in enumerate(cfg.monitors.spikes):
         if name not in cfg.populations:
             errs.append((("monitors", "spikes", i), f"unknown population {name!r}"))

@@ -41,6 +41,7 @@ class LIFPopulation(nn.Module):
         beta: reset amount (default ``theta``); scalar or ``[n]``.
         surrogate, slope, detach_reset: see :class:`LIFParameters`.
         backend: ``native`` | ``snntorch`` | ``norse``.
+        dtype: dtype of the parameter buffers (default: torch's default dtype).
     Shapes: inputs ``[..., n]`` per step, ``[T, ..., n]`` for sequences.
     """
 
@@ -48,7 +49,7 @@ class LIFPopulation(nn.Module):
                  tau_mem_ms: float | None = None, dt_ms: float | None = None,
                  theta: float | torch.Tensor = 1.0, beta: float | torch.Tensor | None = None,
                  surrogate: str = "fast_sigmoid", slope: float = 25.0,
-                 detach_reset: bool = True, backend: str = "native"):
+                 detach_reset: bool = True, backend: str = "native", dtype=None):
         super().__init__()
         if int(n) < 1:
             raise ParameterError(f"n: must be >= 1, got {n}")
@@ -61,10 +62,10 @@ class LIFPopulation(nn.Module):
         elif tau_mem_ms is not None:
             raise ParameterError("alpha: give either alpha or tau_mem_ms, not both")
         self.n, self.backend = int(n), backend
-        self.register_buffer("alpha", torch.as_tensor(alpha, dtype=torch.get_default_dtype()))
-        self.register_buffer("theta", torch.as_tensor(theta, dtype=torch.get_default_dtype()))
-        self.register_buffer(
-            "beta", None if beta is None else torch.as_tensor(beta, dtype=torch.get_default_dtype()))
+        dt = dtype or torch.get_default_dtype()  # float64 circuits keep alpha = exp(-dt/tau) exact
+        self.register_buffer("alpha", torch.as_tensor(alpha, dtype=dt))
+        self.register_buffer("theta", torch.as_tensor(theta, dtype=dt))
+        self.register_buffer("beta", None if beta is None else torch.as_tensor(beta, dtype=dt))
         self.surrogate, self.slope, self.detach_reset = surrogate, slope, detach_reset
         for name in ("alpha", "theta", "beta"):
             t = getattr(self, name)

@@ -103,6 +103,9 @@ class Run:
         t = g["timestamps"][:n].astype(np.float64)
         ids = g["node_ids"][:n].astype(np.int64)
         tr = g["trial"][:n].astype(np.int64) if "trial" in g else np.zeros(n, np.int64)
+        if not self.complete:  # an interrupted run: only the steps it declared written
+            keep = t < self.steps_written * self.dt_ms - 1e-9 * self.dt_ms
+            t, ids, tr = t[keep], ids[keep], tr[keep]
         return t, ids, tr
 
     def spikes(self, pop: str, trial: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -149,6 +152,8 @@ class Run:
         n = g["data"].shape[0]
         if dt > 0:
             n = min(n, int(round((t1 - t0) / dt)))
+            if not self.complete:  # samples at steps < steps_written only
+                n = min(n, max(0, int(np.ceil((self.steps_written * self.dt_ms - t0) / dt - 1e-9))))
         ids = m["node_ids"][...].astype(np.int64)
         ptr = m["index_pointers"][...].astype(np.int64)
         per = np.diff(ptr)

@@ -115,7 +115,7 @@ def build_network(cfg: CircuitConfig) -> Network:
     gen = torch.Generator().manual_seed(cfg.seed)
     pops = {}
     for name, p in cfg.populations.items():
-        lif = LIFPopulation(p.size, **lif_kwargs(cfg, name)).to(dtype)
+        lif = LIFPopulation(p.size, **lif_kwargs(cfg, name), dtype=dtype)
         pops[name] = Population(name, lif, p.size, p.circuits)
     projections = []
     for i, pr in enumerate(cfg.projections):
@@ -126,7 +126,7 @@ def build_network(cfg: CircuitConfig) -> Network:
                         dtype=dtype)
         lin.requires_grad_(False)
         if pr.checkpoint is not None:
-            w = _load_checkpoint(pr)
+            w = _load_checkpoint(pr) * pr.weight  # stored codes (or master weights) x weight
         else:
             w = _init_codes(pr, shape, pr.source == pr.target, gen) * pr.weight
         if tuple(w.shape) != tuple(lin.weight.shape):
