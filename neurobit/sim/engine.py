@@ -128,8 +128,19 @@ class Engine:
     def _chunk_drive(self, t0: int, k: int) -> dict[str, torch.Tensor]:
         """stimulus + the state-independent part of synapse for steps [t0, t0+k)."""
         net = self.net
-        drive = {n: torch.zeros((k, self.trials, *p.state_shape), dtype=net.dtype)
-                 for n, p in net.populations.items()}
+        if self.stepper == "fused":  # views into one [k, trials, all units] buffer
+            lay = self._layout
+            shape = (k, self.trials, lay.n_total)
+            buf = getattr(self, "_drive_all", None)
+            if buf is None or tuple(buf.shape) != shape or buf.dtype != net.dtype:
+                self._drive_all = torch.zeros(shape, dtype=net.dtype)
+            else:  # reuse the chunk buffer: zeroing touched pages beats fresh allocations
+                self._drive_all.zero_()
+            drive = {n: self._drive_all[:, :, lay.offsets[n]:lay.offsets[n] + p.units]
+                     for n, p in net.populations.items()}
+        else:
+            drive = {n: torch.zeros((k, self.trials, *p.state_shape), dtype=net.dtype)
+                     for n, p in net.populations.items()}
         x = {n: s.chunk(t0, k) for n, s in net.stimuli.items()}
         for proj in self._stim_proj:
             drive[proj.cfg.target] += proj.spikes(x[proj.cfg.source])  # sources emit 0/1
@@ -146,9 +157,11 @@ class Engine:
             spikes, v_samples, states = self._steps_reference(t0, k, drive, states)
         # record
         for n in self.spike_monitors:
-            step_i, trial, node = torch.nonzero(spikes[n], as_tuple=True)
-            sink.append_spikes(n, (step_i + t0).numpy(), node.numpy(), trial.numpy())
-            summary.spike_counts[n] += spikes[n].sum(0).numpy()
+            step_i, trial, node = spikes[n]  # events in (step, trial, unit) order
+            sink.append_spikes(n, step_i + t0, node, trial)
+            counts = summary.spike_counts[n]
+            counts += np.bincount(trial * counts.shape[1] + node,
+                                  minlength=counts.size).reshape(counts.shape)
         for m, data in zip(self.state_monitors, v_samples):
             if data is not None and len(data):
                 sink.append_report(m.population, data)
@@ -188,32 +201,45 @@ class Engine:
                     v_buf[id(m)].append(v.T.to(torch.float32))
         v_samples = [torch.stack(v_buf[id(m)], 0).numpy() if v_buf[id(m)] else None
                      for m in self.state_monitors]
-        return spk_buf, v_samples, states
+        events = {n: tuple(x.numpy() for x in torch.nonzero(b, as_tuple=True))
+                  for n, b in spk_buf.items()}
+        return events, v_samples, states
 
     def _init_fused(self, states: dict[str, LIFState]) -> None:
         from neurobit.sim.fused import build_layout
-        self._layout = lay = build_layout(self.net, self._pop_proj)
+        if getattr(self, "_layout", None) is None:  # weights are frozen: build the CSR once
+            self._layout = build_layout(self.net, self._pop_proj)
+        lay = self._layout
         self._v = torch.cat([self._flat(n, states[n].v) for n in self.net.populations], 1).numpy().copy()
         self._s = torch.cat([self._flat(n, states[n].s) for n in self.net.populations], 1).numpy().copy()
         self._mon_idx = np.concatenate(
             [lay.offsets[m.population] + m.indices for m in self.state_monitors]
         ).astype(np.int64) if self.state_monitors else np.zeros(0, np.int64)
+        self._ev_cap = 1 << 16
 
     def _steps_fused(self, t0, k, drive):
         """The same phases in one numba kernel per chunk (see neurobit.sim.fused)."""
         from neurobit.sim.fused import fused_chunk_kernel
         lay = self._layout
-        d = torch.cat([drive[n].reshape(k, self.trials, -1) for n in self.net.populations], 2)
-        spk = np.zeros((k, self.trials, lay.n_total), dtype=np.bool_)
+        d = self._drive_all.numpy()  # drive[n] are views into it
         v_out = np.zeros((k, self.trials, len(self._mon_idx)), dtype=self._v.dtype)
-        fused_chunk_kernel(np.ascontiguousarray(d.numpy()), self._v, self._s, lay.alpha,
-                           lay.theta, lay.beta, lay.p_src_start, lay.p_src_n, lay.p_tgt_start,
-                           lay.p_tgt_n, lay.p_scale, lay.p_ptr_off, lay.indptr, lay.targets,
-                           lay.codes, spk, self._mon_idx, v_out)
+        while True:
+            v, s = self._v.copy(), self._s.copy()
+            ev = [np.empty(self._ev_cap, np.int64) for _ in range(3)]
+            n_ev = fused_chunk_kernel(d, v, s, lay.alpha, lay.theta, lay.beta, lay.p_src_start,
+                                      lay.p_src_n, lay.p_tgt_start, lay.p_tgt_n, lay.p_scale,
+                                      lay.p_ptr_off, lay.indptr, lay.targets, lay.codes,
+                                      self._mon_idx, v_out, *ev)
+            if n_ev >= 0:
+                break
+            self._ev_cap *= 4  # too many spikes for the event buffer: redo the chunk
+        self._v, self._s = v, s
+        step, trial, node = (e[:n_ev] for e in ev)
         spikes = {}
         for n in self.spike_monitors:
-            o = lay.offsets[n]
-            spikes[n] = torch.from_numpy(spk[:, :, o:o + self.net.populations[n].units])
+            o, units = lay.offsets[n], self.net.populations[n].units
+            sel = (node >= o) & (node < o + units)
+            spikes[n] = (step[sel], trial[sel], node[sel] - o)
         v_samples, col = [], 0
         for m in self.state_monitors:
             rows = self._sample_steps(m, t0, k)

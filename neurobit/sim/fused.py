@@ -96,41 +96,71 @@ def build_layout(net: Network, projections) -> FusedLayout:
 
 @njit(cache=True)
 def fused_chunk_kernel(drive, v, s, alpha, theta, beta, p_src_start, p_src_n, p_tgt_start,
-                       p_tgt_n, p_scale, p_ptr_off, indptr, targets, codes, spk_out, mon_idx,
-                       v_out):  # pragma: no cover
-    """Advance ``v``, ``s`` ``[B, N]`` in place through ``drive`` ``[k, B, N]``; write spikes
-    ``spk_out`` ``[k, B, N]`` (bool) and ``v[:, mon_idx]`` into ``v_out`` ``[k, B, n_mon]``."""
+                       p_tgt_n, p_scale, p_ptr_off, indptr, targets, codes, mon_idx, v_out,
+                       ev_step, ev_trial, ev_node):  # pragma: no cover
+    """Advance ``v``, ``s`` ``[B, N]`` in place through ``drive`` ``[k, B, N]``.
+
+    Writes each spike as an event ``(step, trial, unit)`` in that order (sorted by step, then
+    trial, then unit) into ``ev_*`` and ``v[:, mon_idx]`` into ``v_out`` ``[k, B, n_mon]``.
+    Returns the number of events, or -1 if the event arrays are too small (``v``, ``s`` are then
+    partly advanced: the caller restores them and retries with larger arrays).
+    """
     k, B, N = drive.shape
     P = p_scale.shape[0]
-    acc = np.zeros((P, N), dtype=np.int32)
+    cap = ev_step.shape[0]
+    acc = np.zeros(N, dtype=np.int32)
+    u = np.empty(N, dtype=v.dtype)
+    active = np.empty((B, N), dtype=np.int64)  # units that fired at the previous step
+    n_active = np.zeros(B, dtype=np.int64)
     one = v.dtype.type(1.0)
     zero = v.dtype.type(0.0)
+    for b in range(B):
+        for n in range(N):
+            if s[b, n] > zero:
+                active[b, n_active[b]] = n
+                n_active[b] += 1
+    n_ev = 0
     for i in range(k):
         for b in range(B):
-            # synapse: integer code sums over the units that fired at the previous step
+            for n in range(N):
+                u[n] = drive[i, b, n]
+            # synapse: integer code sums over the units that fired at the previous step,
+            # then u += scale_p * count_p in projection order (as the reference stepper)
             for p in range(P):
                 t0 = p_tgt_start[p]
-                for j in range(p_tgt_n[p]):
-                    acc[p, t0 + j] = 0
                 s0 = p_src_start[p]
                 base = p_ptr_off[p]
-                for j in range(p_src_n[p]):
-                    if s[b, s0 + j] > zero:
-                        for e in range(indptr[base + j], indptr[base + j + 1]):
-                            acc[p, t0 + targets[e]] += codes[e]
-            # integrate, threshold (reset delayed: uses s_{t-1})
+                hits = 0
+                for q in range(n_active[b]):
+                    src = active[b, q] - s0
+                    if 0 <= src < p_src_n[p]:
+                        hits += 1
+                        for e in range(indptr[base + src], indptr[base + src + 1]):
+                            acc[t0 + targets[e]] += codes[e]
+                if hits == 0:
+                    continue  # adding scale * 0 would leave u unchanged
+                sc = p_scale[p]
+                for j in range(t0, t0 + p_tgt_n[p]):
+                    u[j] = u[j] + sc * v.dtype.type(acc[j])
+                    acc[j] = 0
+            # integrate, threshold (the reset of s_{t-1} lands here: delayed reset)
+            m = 0
             for n in range(N):
-                u = drive[i, b, n]
-                for p in range(P):
-                    if p_tgt_start[p] <= n < p_tgt_start[p] + p_tgt_n[p]:
-                        u = u + p_scale[p] * v.dtype.type(acc[p, n])
-                vn = alpha[n] * v[b, n] + u - beta[n] * s[b, n]
+                vn = alpha[n] * v[b, n] + u[n] - beta[n] * s[b, n]
                 v[b, n] = vn
                 if vn > theta[n]:
                     s[b, n] = one
-                    spk_out[i, b, n] = True
+                    active[b, m] = n
+                    m += 1
+                    if n_ev >= cap:
+                        return -1
+                    ev_step[n_ev] = i
+                    ev_trial[n_ev] = b
+                    ev_node[n_ev] = n
+                    n_ev += 1
                 else:
                     s[b, n] = zero
-                    spk_out[i, b, n] = False
-            for m in range(mon_idx.shape[0]):
-                v_out[i, b, m] = v[b, mon_idx[m]]
+            n_active[b] = m
+            for j in range(mon_idx.shape[0]):
+                v_out[i, b, j] = v[b, mon_idx[j]]
+    return n_ev
