@@ -148,12 +148,45 @@ def check_semantics(cfg: CircuitConfig, base_dir: Path) -> list[tuple[tuple, str
             if bad:
                 errs.append((("monitors", "state", i, "indices"),
                              f"index {bad[0]} out of range for {m.population} ({n} units)"))
+    errs += _block_problems(cfg, base_dir)
     if not errs:
         need = estimate_bytes(cfg)
         if need > cfg.max_memory_gb * 2**30:
             errs.append((("populations",),
                          f"network too large: about {need / 2**30:.1f} GiB needed, "
                          f"max_memory_gb is {cfg.max_memory_gb}"))
+    return errs
+
+
+def _block_problems(cfg: CircuitConfig, base_dir: Path) -> list:
+    errs = []
+    for name, b in cfg.blocks.items():
+        loc = ("blocks", name)
+        if name in cfg.populations or name in cfg.stimuli:
+            errs.append((loc, "block name is already used by a population or stimulus"))
+        pop = cfg.populations.get(b.population)
+        if pop is None:
+            errs.append((loc + ("population",), f"unknown population {b.population!r}"))
+            continue
+        if pop.circuits < 2:
+            errs.append((loc + ("population",), f"{b.population} has {pop.circuits} circuit; a "
+                         f"hub integrates a bank (set populations.{b.population}.circuits >= 2)"))
+            continue
+        from neurobit.functional.attention import group_layout
+        try:
+            layout = group_layout(b.groups, pop.circuits)
+        except NeurobitError as e:
+            errs.append((loc + ("groups",), str(e)))
+            continue
+        if b.inhibition == "kwta" and b.k > min(layout.sizes()):
+            errs.append((loc + ("k",), f"k = {b.k} exceeds the smallest group "
+                         f"({min(layout.sizes())} circuits)"))
+        if b.checkpoint is not None:
+            f = _resolve(base_dir, b.checkpoint)
+            if not f.is_file():
+                errs.append((loc + ("checkpoint",), f"file not found: {f}"))
+            else:
+                b.checkpoint = str(f)
     return errs
 
 

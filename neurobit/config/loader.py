@@ -44,7 +44,7 @@ def _data_loc(data: Any, loc: Loc) -> Loc:
             cur = cur[part]
             out.append(part)
         elif isinstance(cur, (dict, list)) and isinstance(part, str) and part in (
-                "poisson", "current", "spike_file", "image", "text"):
+                "poisson", "current", "spike_file", "image", "text", "cortical_hub"):
             continue  # discriminator tag
         else:
             out.append(part)

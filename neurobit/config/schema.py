@@ -149,6 +149,61 @@ class MonitorsConfig(Strict):
     state: list[StateMonitorConfig] = Field(default_factory=list)
 
 
+class FastWeightsConfig(Strict):
+    """``M_{t+1} = clamp(lam M_t + eta sum_i k_i v_i^T, -clip, clip)``, cleared at run start."""
+
+    enabled: bool = True
+    lam: float = Field(0.95, gt=0, le=1)
+    eta: Annotated[float, Field(ge=0)] = 0.05
+    clip: PositiveFloat = 1.0
+
+
+class ACCConfig(Strict):
+    """Conflict (disagreement of the circuits' traces) and uncertainty (entropy of the hub's
+    global state read as logits), with a running z-score calibration (``conflict_norm``)."""
+
+    enabled: bool = True
+    conflict_measure: Literal["cosine", "variance", "mean"] = "cosine"
+
+
+class MetaConfig(Strict):
+    """Reflection: extra hub passes within a step when the ACC's concern is high (bounded)."""
+
+    enabled: bool = True
+    max_reflection_steps: int = Field(2, ge=1, le=3)
+    reflect_threshold: float = Field(0.5, ge=0, le=1)
+    cautious_threshold: float = Field(0.75, ge=0, le=1)
+
+
+class CorticalHubBlock(Strict):
+    """A CorticalHub over the circuits of a bank population (``circuits > 1``).
+
+    Each step (phase ``blocks``) the hub reads ``h_i``, an exponential trace of circuit i's spikes
+    (``h <- exp(-dt / trace_tau_ms) h + s``, ``[trials, circuits, size]``), runs grouped attention
+    with fast weights and inhibition, and its feedback ``f_i`` is added to circuit i's input
+    current at the next step. Weights: random from ``seed`` (default: the circuit's seed), or a
+    safetensors ``checkpoint`` of ``CorticalHub.state_dict()``."""
+
+    type: Literal["cortical_hub"]
+    population: str
+    trace_tau_ms: PositiveFloat = 10.0
+    d_key: PositiveInt = 16
+    d_global: PositiveInt = 8
+    groups: Union[PositiveInt, list[list[Annotated[int, Field(ge=0)]]]] = 1
+    inhibition: Literal["none", "kwta", "divisive"] = "none"
+    k: PositiveInt = 1
+    fast_weights: FastWeightsConfig = Field(default_factory=FastWeightsConfig)
+    feedback_gain: float = 0.1
+    every_steps: PositiveInt = 1
+    seed: Optional[Annotated[int, Field(ge=0)]] = None
+    checkpoint: Optional[str] = None
+    acc: ACCConfig = Field(default_factory=ACCConfig)
+    meta: MetaConfig = Field(default_factory=MetaConfig)
+
+
+Block = Annotated[Union[CorticalHubBlock], Field(discriminator="type")]
+
+
 class CircuitConfig(Strict):
     """A whole circuit file."""
 
@@ -168,3 +223,4 @@ class CircuitConfig(Strict):
     projections: list[ProjectionConfig] = Field(default_factory=list)
     stimuli: dict[str, Stimulus] = Field(default_factory=dict)
     monitors: MonitorsConfig = Field(default_factory=MonitorsConfig)
+    blocks: dict[str, Block] = Field(default_factory=dict, description="hub/ACC blocks")

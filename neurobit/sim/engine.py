@@ -39,6 +39,8 @@ class Sink(Protocol):
 
     def append_report(self, name: str, data: np.ndarray) -> None: ...
 
+    def append_signal(self, name: str, data: np.ndarray) -> None: ...
+
     def mark_steps(self, n_steps_done: int) -> None: ...
 
     def flush(self) -> None: ...
@@ -68,7 +70,7 @@ class Engine:
         cfg = net.cfg
         self.trials = cfg.trials
         self.n_steps = int(round(cfg.duration_ms / cfg.dt_ms))
-        self.blocks: list[Callable] = []
+        self.blocks: list = []  # e.g. neurobit.sim.blocks.HubBlock
         self._stim_proj = [p for p in net.projections if p.cfg.source in net.stimuli]
         self._pop_proj = [p for p in net.projections if p.cfg.source in net.populations]
         self._currents = [s for s in net.stimuli.values() if s.is_current]
@@ -102,6 +104,8 @@ class Engine:
     def run(self, sink: Sink, progress: Callable[[int], None] | None = None) -> RunSummary:
         net, T = self.net, self.n_steps
         states = self.initial_states()
+        for block in self.blocks:
+            block.reset()  # a run is a session: memory and calibration start cleared
         self.stepper = self.choose_stepper()
         if self.stepper == "fused":
             self._init_fused(states)
@@ -165,6 +169,9 @@ class Engine:
         for m, data in zip(self.state_monitors, v_samples):
             if data is not None and len(data):
                 sink.append_report(m.population, data)
+        for block in self.blocks:
+            for name, data in block.pop_signals().items():
+                sink.append_signal(name, data)
         sink.mark_steps(t0 + k)
         return states
 
@@ -188,11 +195,14 @@ class Engine:
                 src = states[proj.cfg.source].s
                 src = src if proj.per_circuit else self._flat(proj.cfg.source, src)
                 u[proj.cfg.target] = u[proj.cfg.target] + proj.spikes(src)
+            for block in self.blocks:  # feedback written by the blocks at step t-1
+                for pop, f in block.feedback.items():
+                    u[pop] = u[pop] + f
             # integrate, threshold, reset (delayed): the LIF update
             for n, pop in net.populations.items():
                 _, states[n] = pop.lif.step(u[n], states[n])
             for block in self.blocks:
-                block(t, states)
+                block.step(t, states)
             for n in self.spike_monitors:
                 spk_buf[n][i] = self._flat(n, states[n].s) > 0
             for m in self.state_monitors:

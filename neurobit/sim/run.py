@@ -17,6 +17,7 @@ from neurobit._version import __version__
 from neurobit.config.checks import population_units
 from neurobit.config.schema import CircuitConfig
 from neurobit.sim.engine import Engine, RunSummary, StateMonitor
+from neurobit.sim.blocks import build_blocks
 from neurobit.sim.network import build_network
 
 
@@ -38,7 +39,9 @@ def build_engine(cfg: CircuitConfig) -> Engine:
         n = population_units(cfg, m.population)
         idx = np.arange(n) if m.indices is None else np.asarray(m.indices, dtype=np.int64)
         state_monitors.append(StateMonitor(m.population, idx, m.every_steps))
-    return Engine(net, list(cfg.monitors.spikes), state_monitors, cfg.chunk_steps, cfg.stepper)
+    engine = Engine(net, list(cfg.monitors.spikes), state_monitors, cfg.chunk_steps, cfg.stepper)
+    engine.blocks = build_blocks(cfg, net.dtype)
+    return engine
 
 
 def simulate(cfg: CircuitConfig, out: str | Path, *, force: bool = False,
@@ -54,6 +57,9 @@ def simulate(cfg: CircuitConfig, out: str | Path, *, force: bool = False,
             w.add_spike_population(name, population_units(cfg, name))
         for m in engine.state_monitors:
             w.add_report(m.population, m.indices, m.every_steps, variable="v")
+        for block in engine.blocks:
+            for name, (shape, dtype) in block.signal_specs().items():
+                w.add_signal(name, shape, dtype, every_steps=block.b.every_steps)
         summary = engine.run(w, progress)
         w.close(complete=True)
     return summary
