@@ -54,8 +54,10 @@ class _LIFScan(torch.autograd.Function):
         v_seq, alpha, theta, beta = ctx.saved_tensors
         p: LIFParameters = ctx.p
         T, M = v_seq.shape
+        # Incoming gradients may be broadcast views (e.g. of spikes.sum()): numba reads them
+        # with their strides, so they are not copied into a dense [T, M] array.
         z = lambda g, shape: (torch.zeros(shape, dtype=v_seq.dtype) if g is None
-                              else g.contiguous().reshape(shape))
+                              else g.to(v_seq.dtype).reshape(shape))
         g_s = z(g_s, (T, M))
         g_vT, g_sT = z(g_vT, (M,)), z(g_sT, (M,))
         g_u = torch.empty_like(v_seq)
