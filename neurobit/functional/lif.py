@@ -128,6 +128,8 @@ def lif_loop(u_seq: torch.Tensor, state: LIFState, p: LIFParameters) -> tuple[to
     Reads the input with ``unbind(0)`` (indexing ``u[t]`` makes autograd O(T^2)).
     Returns spikes ``[T, ..., N]`` and the final state.
     """
+    if u_seq.shape[0] == 0:
+        return u_seq.new_zeros(u_seq.shape), state
     out = []
     for u in u_seq.unbind(0):
         s, state = lif_step(u, state, p)

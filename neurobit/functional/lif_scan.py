@@ -21,7 +21,7 @@ from neurobit.functional.surrogate import surrogate_grad
 
 def _per_unit(x, like: torch.Tensor) -> torch.Tensor:
     """Broadcast a scalar/tensor parameter to ``like.shape`` and flatten it to ``[M]``."""
-    t = x if isinstance(x, torch.Tensor) else torch.tensor(float(x))
+    t = x if isinstance(x, torch.Tensor) else torch.tensor(float(x), dtype=like.dtype)
     return t.detach().to(like.dtype).expand(like.shape).contiguous().reshape(-1)
 
 

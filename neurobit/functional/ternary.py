@@ -118,5 +118,5 @@ def ternary_ste(w: torch.Tensor, mode: str = "absmean", *, tau: float | torch.Te
     if mode == "threshold" and isinstance(tau, torch.Tensor) and tau.requires_grad:
         soft = torch.sign(w.detach()) * torch.sigmoid(
             (w.detach().abs() - tau) * tau_sharpness / q.scale)
-        codes = codes + soft - soft.detach()
+        codes = codes + (soft - soft.detach())  # adds exactly 0 in the forward pass
     return Ternary(codes, q.scale)

@@ -58,8 +58,9 @@ class BitLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(shape[:-1], dtype=dtype)) if bias else None
         if quant == "threshold":
             t = torch.tensor(float(tau), dtype=dtype)
-            self.tau = nn.Parameter(t) if learn_tau else None
-            if not learn_tau:
+            if learn_tau:
+                self.tau = nn.Parameter(t)
+            else:
                 self.register_buffer("tau", t)
         else:
             self.tau = None
