@@ -64,6 +64,8 @@ def simulate(config: Path = typer.Argument(..., help="circuit YAML file"),
             summary = run_sim(cfg, out, force=force, progress=lambda k: bar.advance(task, k))
     except NeurobitError as e:
         _fail(str(e))
+    except OSError as e:  # e.g. an unwritable output folder
+        _fail(f"{e.filename or output}: {e.strerror or e}")
     total = {n: int(c.sum()) for n, c in summary.spike_counts.items()}
     typer.echo(f"wrote {out}: {summary.steps} steps x {cfg.trials} trial(s); spikes {total}")
 
