@@ -114,12 +114,27 @@ def lif_step(u: torch.Tensor, state: LIFState, p: LIFParameters) -> tuple[torch.
 
     ``v_t = alpha * v_{t-1} + u_t - beta * s_{t-1}``; ``s_t = H(v_t - theta)`` (surrogate backward).
     """
+    v = lif_integrate(u, state, p)
+    s = spike(v - p.theta, p.surrogate, p.slope)
+    return s, LIFState(v, s)
+
+
+def lif_integrate(u: torch.Tensor, state: LIFState, p: LIFParameters) -> torch.Tensor:
+    """The integrate phase: ``v_t = alpha * v_{t-1} + u_t - beta * s_{t-1}`` (delayed reset)."""
     if u.shape != state.v.shape:
         raise ShapeError(f"u: shape {tuple(u.shape)} does not match state.v {tuple(state.v.shape)}")
     s_prev = state.s.detach() if p.detach_reset else state.s
-    v = p.alpha * state.v + u - p.reset * s_prev
-    s = spike(v - p.theta, p.surrogate, p.slope)
-    return s, LIFState(v, s)
+    return p.alpha * state.v + u - p.reset * s_prev
+
+
+def lif_rate_step(u: torch.Tensor, state: LIFState, p: LIFParameters,
+                  act) -> tuple[torch.Tensor, LIFState]:
+    """The same leaky integration with a rate nonlinearity instead of the spike (ablations):
+    ``v_t`` as :func:`lif_integrate`, ``r_t = act(v_t - theta)``; ``r`` takes the place of ``s``
+    (also in the reset term of the next step)."""
+    v = lif_integrate(u, state, p)
+    r = act(v - p.theta)
+    return r, LIFState(v, r)
 
 
 def lif_loop(u_seq: torch.Tensor, state: LIFState, p: LIFParameters) -> tuple[torch.Tensor, LIFState]:

@@ -81,9 +81,11 @@ class MicroCircuit(nn.Module):
     def step(self, x: torch.Tensor, state: MicroCircuitState,
              feedback: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor, MicroCircuitState]:
         """One step from input ``x`` ``[B, n_in]``: returns ``(y_t, s_t, state_t)``."""
-        return self._step_from_current(self.w_in(x), state, feedback)
+        return self.step_from_current(self.w_in(x), state, feedback)
 
-    def _step_from_current(self, u_in, state, feedback, q_rec=None):
+    def step_from_current(self, u_in, state, feedback=None, q_rec=None):
+        """One step from a precomputed input current ``u_in = W_in x_t`` (lets callers hoist
+        the input GEMM over a sequence); ``q_rec``: ``w_rec.ternary()`` quantized once."""
         u = u_in
         if self.w_rec is not None:
             q_rec = q_rec if q_rec is not None else self.w_rec.ternary()
@@ -112,7 +114,7 @@ class MicroCircuit(nn.Module):
             q_rec = self.w_rec.ternary()  # quantize once per sequence, not per step
             out = []
             for u in u_in.unbind(0):
-                _, s, state = self._step_from_current(u, state, None, q_rec)
+                _, s, state = self.step_from_current(u, state, None, q_rec)
                 out.append(s)
             spikes = torch.stack(out, 0)
         y = self.w_out(spikes) if self.w_out is not None else None

@@ -48,4 +48,4 @@ class MicroCircuitBank(MicroCircuit):
         """One step from ``x`` ``[B, M, n_in]`` or shared ``[B, n_in]``."""
         if x.dim() == 2:
             x = self._shared_to_banked(x)
-        return self._step_from_current(self.w_in(x), state, feedback)
+        return self.step_from_current(self.w_in(x), state, feedback)

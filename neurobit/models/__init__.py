@@ -1,0 +1,1 @@
+"""Whole networks built from neurobit.modules (see ARCHITECTURE.md)."""
