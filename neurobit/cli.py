@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, List, NamedTuple, Optional
 
 import typer
 
@@ -80,6 +80,271 @@ def report(run: Path = typer.Argument(..., help="an .h5 file written by neurobit
         print_report(run, plot=plot, trial=trial)
     except NeurobitError as e:
         _fail(str(e))
+
+
+# ------------------------------------------------------------------------- language models
+
+_RUN_FILES = ("latest", "metrics.jsonl", "loss_curve.png", "config.yaml", "run.yaml",
+              "tokenizer.json", "data.json")
+
+
+def _checkpoint_step(out: Path) -> Optional[int]:
+    """Step of the checkpoint ``out/latest`` names (None: no checkpoint in ``out``)."""
+    ptr = out / "latest"
+    if ptr.is_file():
+        name = ptr.read_text().strip()
+        return int(name[5:]) if name.startswith("ckpt_") and name[5:].isdigit() else -1
+    return -1 if any(p.is_dir() for p in out.glob("ckpt_*")) else None
+
+
+def _clear_run(out: Path) -> None:
+    """Remove the files a previous ``neurobit train`` wrote into ``out`` (nothing else)."""
+    import shutil
+    for name in _RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for d in [*out.glob("ckpt_*"), *out.glob(".ckpt_*")]:
+        if d.is_dir():
+            shutil.rmtree(d)
+
+
+@app.command()
+def train(config: Path = typer.Argument(..., help="language-model run YAML (model/train/data)"),
+          output: Optional[Path] = typer.Option(None, "-o", "--output",
+                                                help="run directory (default runs/<config name>)"),
+          set_: Optional[List[str]] = typer.Option(None, "--set", help="KEY.PATH=VALUE override"),
+          resume: bool = typer.Option(False, "--resume", help="continue the run in OUTDIR"),
+          force: bool = typer.Option(False, "--force",
+                                     help="discard the run in OUTDIR and start over"),
+          stop_at: Optional[int] = typer.Option(None, "--stop-at", min=1,
+                                                help="stop (checkpointed) after this many steps; "
+                                                "continue later with --resume"),
+          quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar")):
+    """Train a BrainLM or GPT on a corpus: checkpoints, metrics.jsonl, loss curve, tokenizer.
+
+    Writes into OUTDIR: ckpt_<step>/ + latest (safetensors), metrics.jsonl, loss_curve.png,
+    config.yaml (model + train), run.yaml (the resolved run file, data included),
+    tokenizer.json and data.json (the prepared corpus' manifest).
+    """
+    import json
+    import time
+
+    import torch
+
+    from neurobit.train.run_config import load_run_file, prepare_run_data, resolved_yaml
+    try:
+        if resume and force:
+            _fail("--resume and --force exclude each other")
+        run = load_run_file(config, set_ or [])
+        out = output or Path("runs") / Path(config).stem
+        if out.exists() and not out.is_dir():
+            _fail(f"{out}: output exists and is not a directory")
+        step = _checkpoint_step(out) if out.is_dir() else None
+        if step is not None and not (resume or force):
+            at = f" (step {step})" if step >= 0 else ""
+            _fail(f"{out}: holds a training checkpoint{at}; use --resume to continue it or "
+                  "--force to start over")
+        t0 = time.perf_counter()
+        data = prepare_run_data(run)
+        cfg = run.with_vocab(data.vocab_size)
+        for split in ("train", "val"):  # a block longer than a split fails here, not mid-run
+            try:
+                data.get_batch(split, 1, cfg.train.block_size, torch.Generator())
+            except NeurobitError as e:
+                raise run.locate(e, "train") from None
+        if quiet:
+            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"progress": False})})
+        tok = data.tokenizer()
+        m = data.manifest
+        t_data = time.perf_counter() - t0
+        if resume and step is not None:  # refuse before anything in OUTDIR changes
+            from neurobit.models.lm_config import LMRunConfig
+            from neurobit.train.checkpoint import latest_checkpoint, load_config
+            from neurobit.train.loop import _comparable
+            ck = latest_checkpoint(out)
+            if ck is not None and _comparable(load_config(ck)) != _comparable(
+                    LMRunConfig(model=cfg.model, train=cfg.train)):
+                _fail(f"resume: the model/train config differs from the one {ck} was "
+                      "trained with (see its config.yaml)")
+            if (out / "data.json").is_file() and json.loads(
+                    (out / "data.json").read_text()).get("key") != m["key"]:
+                _fail(f"resume: the corpus or tokenizer of this config differs from the one "
+                      f"{out} was trained on")
+        if force and step is not None:
+            _clear_run(out)
+        out.mkdir(parents=True, exist_ok=True)
+        tok.save(out / "tokenizer.json")
+        (out / "data.json").write_text(json.dumps(m, indent=2))
+        (out / "run.yaml").write_text(resolved_yaml(cfg))
+        typer.echo(f"data: {m['source']}, {m['tokenizer']['kind']} tokenizer, {data.vocab_size} "
+                   f"ids, {m['counts']['train']['tokens']:,} train / "
+                   f"{m['counts']['val']['tokens']:,} val tokens "
+                   f"({t_data:.1f} s; cache {data.path})", err=True)
+        from neurobit.train.loop import train as run_train
+        try:
+            res = run_train(cfg.model, cfg.train, data, out, resume=resume, stop_at=stop_at)
+        except NeurobitError as e:
+            raise run.locate(run.locate(e, "train"), "model") from None
+    except NeurobitError as e:
+        _fail(str(e))
+    except OSError as e:
+        _fail(f"{e.filename or output}: {e.strerror or e}")
+    if not res.steps:
+        typer.echo(f"{out}: already trained to step {res.resumed_from}; nothing to do")
+        return
+    first = res.steps[0] - 1
+    val = f", val {res.val_losses[-1][1]:.4f}" if res.val_losses else ""
+    typer.echo(f"trained {out}: steps {first} -> {res.steps[-1]} of {cfg.train.steps}, loss "
+               f"{res.losses[0]:.4f} -> {res.losses[-1]:.4f}{val}, "
+               f"{res.tokens_per_s:,.0f} tokens/s, {res.n_params:,} parameters")
+
+
+class _StepState(NamedTuple):
+    """State of :func:`lm_step_fn` between tokens."""
+
+    model: Any         # the model's own generation state (BrainLMState / GPTState)
+    fed: int           # tokens of the running sequence the model has read
+    word_start: int    # first token after the last separator-ending token (word hashes restart)
+
+
+def lm_step_fn(model, tokenizer):
+    """Wrap ``model.step``/``model.run`` into :func:`neurobit.decode.generate`'s
+    ``step_fn(tokens_so_far [1, t], state) -> (logits [1, V], state)``.
+
+    Each call feeds the tokens not yet read (the whole prompt on the first call, then the one
+    sampled token) with their causal word ids: the word hash of a token depends only on the
+    tokens since the last separator-ending one, so it is computed on that tail (the same ids
+    ``tokenizer.word_ids`` gives on the whole running text, and the data layer in training).
+    The state is never modified in place (reflection passes may reuse it).
+    """
+    import numpy as np
+    import torch
+
+    from neurobit.train.tokenizer import DEFAULT_WORD_BUCKETS, bucket_word_hashes
+    use_words = getattr(model.cfg, "n_word_buckets", 0) > 0
+    has_run = hasattr(model, "run")
+
+    @torch.no_grad()
+    def step(seq: torch.Tensor, state):
+        ids = seq[0]
+        t = ids.shape[0]
+        if state is None:
+            state = _StepState(model.initial_state(1), 0, 0)
+        ms, fed, ws = state
+        new = ids[fed:t]
+        w, ws_next = None, ws
+        if use_words:
+            h = tokenizer.token_word_hashes(ids[ws:t])
+            w = bucket_word_hashes(h[fed - ws:], DEFAULT_WORD_BUCKETS)[None]
+            seps = np.flatnonzero(h == 0)
+            ws_next = ws + int(seps[-1]) + 1 if seps.size else ws
+        if has_run:
+            logits, ms = model.run(new[None], w, ms)
+            logits = logits[:, -1]
+        else:
+            for i in range(new.shape[0]):
+                logits, ms = model.step(new[i:i + 1], None if w is None else w[:, i], ms)
+        return logits.float(), _StepState(ms, t, ws_next)
+
+    return step
+
+
+def _load_lm(checkpoint: Path):
+    """(model, tokenizer) of a run directory or a ckpt_* directory; one-line errors."""
+    from neurobit.train.checkpoint import load_model
+    from neurobit.train.tokenizer import load_tokenizer
+    if not checkpoint.exists():
+        _fail(f"{checkpoint}: no such checkpoint")
+    if not checkpoint.is_dir() or not ((checkpoint / "latest").is_file()
+                                       or (checkpoint / "model.safetensors").is_file()):
+        _fail(f"{checkpoint}: not a neurobit checkpoint (expected a run directory holding "
+              "'latest' or a ckpt_* directory holding model.safetensors)")
+    try:
+        model, _ = load_model(checkpoint)
+    except NeurobitError:
+        raise
+    except Exception as e:  # safetensors/json/yaml errors of a damaged checkpoint
+        _fail(f"{checkpoint}: unreadable checkpoint: {str(e).splitlines()[0] if str(e) else e!r}")
+    tok_path = next((p for p in (checkpoint / "tokenizer.json",
+                                 checkpoint.parent / "tokenizer.json") if p.is_file()), None)
+    if tok_path is None:
+        _fail(f"{checkpoint}: no tokenizer.json next to the checkpoint (runs written by "
+              "`neurobit train` have one)")
+    tok = load_tokenizer(tok_path)
+    if tok.vocab_size != model.cfg.vocab_size:
+        _fail(f"{tok_path}: {tok.vocab_size} ids, but the model has vocab_size "
+              f"{model.cfg.vocab_size}")
+    return model, tok
+
+
+def _describe_event(ev, attempt: int, tok) -> str:
+    if ev.reason == "repeat":
+        unit = tok.decode(list(ev.substring))
+        what = f"repeat of {unit!r} ({len(ev.substring)} tokens) twice"
+    else:
+        what = (f"frequency: {tok.decode([ev.token])!r} is {ev.fraction:.0%} of the last "
+                "tokens")
+    return f"collapse: attempt {attempt}: {what}; continuation cut at token {ev.position}"
+
+
+@app.command()
+def generate(checkpoint: Path = typer.Argument(..., help="run directory or ckpt_* directory"),
+             prompt: str = typer.Option(..., "--prompt", help="text to continue"),
+             max_new_tokens: int = typer.Option(200, "--max-new-tokens", min=1),
+             temperature: float = typer.Option(1.0, "--temperature", min=0.0),
+             top_k: Optional[int] = typer.Option(None, "--top-k", min=1),
+             top_p: Optional[float] = typer.Option(None, "--top-p"),
+             repetition_penalty: float = typer.Option(1.0, "--repetition-penalty"),
+             no_repeat_ngram: int = typer.Option(0, "--no-repeat-ngram", min=0),
+             greedy: bool = typer.Option(False, "--greedy", help="argmax instead of sampling"),
+             seed: int = typer.Option(0, "--seed"),
+             no_collapse_guard: bool = typer.Option(False, "--no-collapse-guard",
+                                                    help="no collapse detection, no retry")):
+    """Continue a prompt with a trained model; prints prompt + continuation.
+
+    With the collapse guard (default) a degenerate repetition ends the attempt, which is
+    retried once from the prompt with conservative sampling (seed + 1); collapse events,
+    retries and the cautious flag go to stderr, one line each.
+    """
+    import time
+
+    import torch
+
+    from neurobit.decode import CollapseDetector, SamplingConfig, conservative
+    from neurobit.decode import generate as run_generate
+    try:
+        if prompt == "":
+            _fail("--prompt: must not be empty")
+        sampling = SamplingConfig(temperature=temperature, do_sample=not greedy, top_k=top_k,
+                                  top_p=top_p, repetition_penalty=repetition_penalty,
+                                  no_repeat_ngram_size=no_repeat_ngram)
+        model, tok = _load_lm(checkpoint)
+        ids = tok.encode(prompt)
+        if tok.kind == "char" and 0 in ids:
+            typer.echo(f"neurobit: warning: {ids.count(0)} prompt character(s) are not in the "
+                       "vocabulary (read as <unk>)", err=True)
+        detector = retry = None
+        if not no_collapse_guard:
+            detector = (CollapseDetector() if tok.kind == "char"
+                        else CollapseDetector(min_repeat_len=4, max_repeat_len=32))
+            retry = conservative(sampling)
+            if tok.kind == "char" and retry.history_window is None:
+                retry = retry.replace(history_window=64)  # a trigram ban over all text
+        t0 = time.perf_counter()
+        res = run_generate(lm_step_fn(model, tok), torch.tensor(ids, dtype=torch.long),
+                           max_new_tokens, sampling=sampling, detector=detector, seed=seed,
+                           retry_sampling=retry)
+        dt = time.perf_counter() - t0
+    except NeurobitError as e:
+        _fail(str(e))
+    typer.echo(prompt + tok.decode(res.tokens.tolist()))
+    for attempt, ev in enumerate(res.events):
+        typer.echo(_describe_event(ev, attempt, tok), err=True)
+    typer.echo(f"retries: {res.retries}", err=True)
+    typer.echo("cautious: " + ("yes (both attempts collapsed; the longer cut continuation)"
+                               if res.cautious else "no"), err=True)
+    typer.echo(f"generated {len(res.tokens)} tokens (stopped: {res.stopped_reason}) in "
+               f"{dt:.2f} s, {res.step_calls / max(dt, 1e-9):,.0f} tokens/s over all attempts",
+               err=True)
 
 
 def main() -> None:  # console script entry point
