@@ -30,10 +30,14 @@ Tasks (all samples drawn from an explicit ``torch.Generator``):
   1..n_values each hold one candidate value, the n_values values in a fresh random order.
   Target: the value that was paired with the query key.
 
-  Why the hub's read path solves it: writing circuit 0's ``k_s (x) v_s`` at each study step
-  gives ``M = sum_s lam^(.) eta k_s v_s^T`` and, at the query step, the score of query circuit 0
-  for candidate circuit j is ``q_0 . k_j + q_0 . (M k_j) = q_0 . k_j + sum_s (q_0 . k_s)(v_s . k_j)``:
-  it is raised exactly for the candidate whose value (seen through ``W_k``) matches the value
+  Why the hub's read path solves it: each study step s = 0..P-1 writes circuit 0's
+  ``k_s (x) v_s`` (silent circuits have zero rates, so zero keys and values, and write nothing),
+  so at the query step P, before the clip, ``M = eta sum_s lam^(P-1-s) k_s v_s^T`` and the score
+  of query circuit 0 for candidate circuit j is (times the score scale)::
+
+      q_0 . k_j + q_0 . (M k_j) = q_0 . k_j + eta sum_s lam^(P-1-s) (q_0 . k_s)(v_s . k_j)
+
+  It is raised exactly for the candidate whose value (seen through ``W_k``) matches the value
   ``v_s`` stored with the key ``k_s`` that matches the query. The query's attention then picks
   that circuit, ``h'_0 = sum_j a_0j v_j`` carries its value, and ``g`` reads it out. Without fast
   weights the query step contains nothing about the pairing (keys and values are paired at
@@ -54,7 +58,7 @@ from torch import nn
 
 from neurobit.errors import ParameterError, ShapeError
 from neurobit.functional.monitoring import normalized_entropy
-from neurobit.modules.acc import ACC, acc_features
+from neurobit.modules.acc import ACC, LearnedACC, acc_features
 from neurobit.modules.bitlinear import BitLinear
 from neurobit.modules.cortical_hub import CorticalHub, HubOutput
 from neurobit.modules.microcircuit_bank import MicroCircuitBank
@@ -77,7 +81,8 @@ class HubTaskNet(nn.Module):
         n_units: LIF units per circuit (the hub's ``d_in``); n_sub: LIF steps per hub step.
         d_key, d_global: hub sizes; groups, inhibition, k, lam, eta, clip, use_fast_weights,
             scale_scores: passed to :class:`CorticalHub`.
-        alpha, theta, slope: LIF decay per step, threshold, surrogate slope.
+        alpha, theta, slope: LIF decay per step (``exp(-dt_ms / tau_mem_ms)``; 0.9 is
+            tau_mem = 9.5 ms at dt = 1 ms), threshold, surrogate slope.
         in_std: std of the normal initial master weights of ``W_in`` (large enough to fire).
         seed: initialises every weight from this seed.
     """
@@ -86,23 +91,35 @@ class HubTaskNet(nn.Module):
                  n_sub: int = 4, d_key: int = 16, d_global: int = 32, groups=1,
                  inhibition: str = "none", k: int = 1, lam: float = 0.95, eta: float = 0.5,
                  clip: float = 1.0, use_fast_weights: bool = True, scale_scores: bool = True,
-                 alpha: float = 0.9,
-                 theta: float = 1.0, slope: float = 5.0, in_std: float = 1.5, seed: int = 0):
+                 alpha: float = 0.9, theta: float = 1.0, slope: float = 5.0,
+                 in_std: float = 1.5, seed: int = 0):
         super().__init__()
         if isinstance(n_sub, bool) or not isinstance(n_sub, int) or n_sub < 1:
             raise ParameterError(f"n_sub: must be an int >= 1, got {n_sub!r}")
         if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
             raise ParameterError(f"n_classes: must be an int >= 2, got {n_classes!r}")
-        torch.manual_seed(seed)
         self.n_circuits, self.n_in, self.n_sub = n_circuits, n_in, n_sub
         self.bank = MicroCircuitBank(n_circuits, n_in, n_units, None, recurrent=False,
                                      alpha=alpha, theta=theta, slope=slope)
-        with torch.no_grad():
-            self.bank.w_in.weight.normal_(0.0, in_std)
         self.hub = CorticalHub(n_circuits, n_units, d_key, d_global, 1, groups=groups,
                                inhibition=inhibition, k=k, lam=lam, eta=eta, clip=clip,
                                use_fast_weights=use_fast_weights, scale_scores=scale_scores)
         self.readout = BitLinear(d_global, n_classes, bias=True)
+        self.reset_parameters(seed, in_std)
+
+    @torch.no_grad()
+    def reset_parameters(self, seed: int, in_std: float = 1.5) -> None:
+        """Draw every weight from a generator seeded with ``seed`` (the global RNG is not
+        touched): ``W_in ~ N(0, in_std^2)``, every other BitLinear ``U(-1/sqrt(in), 1/sqrt(in))``
+        (Kaiming-uniform as ``nn.Linear``), biases 0, feedback gains unchanged."""
+        gen = torch.Generator().manual_seed(int(seed))
+        self.bank.w_in.weight.normal_(0.0, in_std, generator=gen)
+        for layer in (self.hub.w_q, self.hub.w_k, self.hub.w_v, self.hub.w_g, self.hub.w_f,
+                      self.readout):
+            bound = layer.in_features ** -0.5
+            layer.weight.uniform_(-bound, bound, generator=gen)
+            if layer.bias is not None:
+                layer.bias.zero_()
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Spike rates ``[T, B, C, n_units]`` of ``x`` ``[T, B, C, n_in]``, each hub step
@@ -167,7 +184,7 @@ def recall_batch(n: int, gen: torch.Generator, n_keys: int = 8, n_values: int = 
     keys = _permutations(n, n_keys, gen)[:, :P]
     vals = _permutations(n, n_values, gen)[:, :P]
     which = torch.randint(0, P, (n,), generator=gen)
-    cand = _permutations(n, n_values, gen)                            # circuit 1 + j holds cand[:, j]
+    cand = _permutations(n, n_values, gen)              # circuit 1 + j holds cand[:, j]
     b = torch.arange(n)
     x = torch.zeros(P + 1, n, C, n_in)
     for t in range(P):
@@ -181,10 +198,15 @@ def recall_batch(n: int, gen: torch.Generator, n_keys: int = 8, n_values: int = 
 
 
 def train(model: nn.Module, sample: Callable[[], tuple[torch.Tensor, torch.Tensor]],
-          steps: int, lr: float = 1e-2) -> list[float]:
-    """``steps`` Adam steps on cross-entropy, each on a fresh batch from ``sample()``; returns
+          steps: int, lr: float = 1e-2, final_lr: float | None = None) -> list[float]:
+    """``steps`` Adam steps on cross-entropy, each on a fresh batch from ``sample()``; the
+    learning rate decays from ``lr`` to ``final_lr`` on a cosine (constant when None). Returns
     the losses."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ParameterError(f"steps: must be an int >= 1, got {steps!r}")
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=final_lr)
+             if final_lr is not None else None)
     losses = []
     for _ in range(steps):
         x, y = sample()
@@ -192,6 +214,8 @@ def train(model: nn.Module, sample: Callable[[], tuple[torch.Tensor, torch.Tenso
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
         losses.append(float(loss.detach()))
     return losses
 
@@ -249,3 +273,100 @@ def acc_records(model: HubTaskNet, x: torch.Tensor, y: torch.Tensor,
     rec = ACCRecords(acc_features(sig, out.logits).float(), wrong,
                      normalized_entropy(out.logits), float(1 - wrong.float().mean()))
     return rec, calibration
+
+
+# ---- the demonstrations, shared by tests/modules/test_hub_tasks.py and analysis/hub/hub_tasks.py
+
+KEY_SELECTION = dict(n_circuits=8, n_items=8, n_units=32, n_sub=4, d_key=16, d_global=32,
+                     steps=300, batch=128, lr=1e-2, final_lr=1e-3)
+"""Key-item selection setting: 8 circuits, 8 items, one hub step (chance 1/8)."""
+
+RECALL = dict(n_keys=8, n_values=7, n_pairs=4, n_units=64, n_sub=4, d_key=64, d_global=32,
+              lam=0.95, eta=0.5, clip=1.0, steps=600, batch=128, lr=1e-2, final_lr=1e-3)
+"""Associative-recall setting: 4 pairs from 8 keys x 7 values, 8 circuits (chance 1/7)."""
+
+
+def key_selection_net(seed: int = 0, cfg: dict = KEY_SELECTION) -> HubTaskNet:
+    """An untrained :class:`HubTaskNet` for the key-selection task."""
+    return HubTaskNet(cfg["n_circuits"], cfg["n_items"] + 1, cfg["n_items"],
+                      n_units=cfg["n_units"], n_sub=cfg["n_sub"], d_key=cfg["d_key"],
+                      d_global=cfg["d_global"], seed=seed)
+
+
+def train_key_selection(seed: int = 0, cfg: dict = KEY_SELECTION,
+                        n_test: int = 2000) -> tuple[HubTaskNet, float]:
+    """Train on fresh batches drawn from ``seed``; return the net and its accuracy on
+    ``n_test`` held-out samples (drawn from an independent generator)."""
+    net = key_selection_net(seed, cfg)
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(n, g):
+        return key_selection_batch(n, g, cfg["n_circuits"], cfg["n_items"])
+
+    train(net, lambda: draw(cfg["batch"], gen), cfg["steps"], cfg["lr"], cfg["final_lr"])
+    x, y = draw(n_test, torch.Generator().manual_seed(10_000 + seed))
+    return net, accuracy(net, x, y)
+
+
+def recall_net(seed: int = 0, use_fast_weights: bool = True, cfg: dict = RECALL) -> HubTaskNet:
+    """An untrained :class:`HubTaskNet` for the recall task."""
+    return HubTaskNet(1 + cfg["n_values"], cfg["n_keys"] + cfg["n_values"] + 1, cfg["n_values"],
+                      n_units=cfg["n_units"], n_sub=cfg["n_sub"], d_key=cfg["d_key"],
+                      d_global=cfg["d_global"], lam=cfg["lam"], eta=cfg["eta"],
+                      clip=cfg["clip"], use_fast_weights=use_fast_weights, seed=seed)
+
+
+def train_recall(seed: int = 0, use_fast_weights: bool = True, cfg: dict = RECALL,
+                 n_test: int = 2000) -> tuple[HubTaskNet, float]:
+    """Train (same batches and initial weights for either ``use_fast_weights``); return the net
+    and its held-out accuracy."""
+    net = recall_net(seed, use_fast_weights, cfg)
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(n, g):
+        return recall_batch(n, g, cfg["n_keys"], cfg["n_values"], cfg["n_pairs"])
+
+    train(net, lambda: draw(cfg["batch"], gen), cfg["steps"], cfg["lr"], cfg["final_lr"])
+    x, y = draw(n_test, torch.Generator().manual_seed(10_000 + seed))
+    return net, accuracy(net, x, y)
+
+
+class ACCResult(NamedTuple):
+    """``noise``: input noise std used; ``accuracy``: the net's accuracy on the held-out split
+    at that noise; ``auroc_learned`` / ``auroc_entropy``: AUROC of predicting a wrong output on
+    the held-out split by :class:`LearnedACC` and by the normalised entropy alone; ``n_wrong``:
+    wrong outputs in the held-out split (of ``n``)."""
+
+    noise: float
+    accuracy: float
+    auroc_learned: float
+    auroc_entropy: float
+    n_wrong: int
+    n: int
+
+
+def acc_study(net: HubTaskNet, seed: int = 0, cfg: dict = KEY_SELECTION, n: int = 4000,
+              target_accuracy: float = 0.8,
+              noises: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3)) -> ACCResult:
+    """Learned ACC against the entropy rule on a trained key-selection net made to err.
+
+    The difficulty is input noise: the std in ``noises`` whose accuracy on a calibration batch
+    is closest to ``target_accuracy`` is used for a training split and a held-out split of ``n``
+    samples each (three independent generators). :class:`LearnedACC` is fitted on the training
+    split's :func:`acc_records` (conflict calibration from the training split too) and both
+    scores are evaluated on the held-out split.
+    """
+    def draw(n_, g, s):
+        return key_selection_batch(n_, g, cfg["n_circuits"], cfg["n_items"], s)
+
+    g_cal = torch.Generator().manual_seed(20_000 + seed)
+    accs = []
+    for s in noises:
+        accs.append(accuracy(net, *draw(n, g_cal, s)))
+    noise = noises[min(range(len(noises)), key=lambda i: abs(accs[i] - target_accuracy))]
+    tr, cal = acc_records(net, *draw(n, torch.Generator().manual_seed(30_000 + seed), noise))
+    te, _ = acc_records(net, *draw(n, torch.Generator().manual_seed(40_000 + seed), noise), cal)
+    monitor = LearnedACC()
+    monitor.fit(tr.features, tr.wrong, epochs=300, lr=1e-2, seed=seed)
+    return ACCResult(noise, te.accuracy, auroc(monitor.predict(te.features), te.wrong),
+                     auroc(te.entropy, te.wrong), int(te.wrong.sum()), n)
