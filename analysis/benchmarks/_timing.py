@@ -14,6 +14,7 @@ from importlib import metadata
 from typing import Callable, Mapping
 
 import numpy as np
+from neurobit.analysis.machine import cpu_model
 
 
 def time_round_robin(fns: Mapping[str, Callable[[], object]], warmup: int,
@@ -45,18 +46,6 @@ def summarize(samples_ms: list[float]) -> tuple[float, float]:
     a = np.asarray(samples_ms, dtype=float)
     q25, q50, q75 = np.percentile(a, [25, 50, 75])
     return float(q50), float(q75 - q25)
-
-
-def cpu_model() -> str:
-    """The CPU model name from ``/proc/cpuinfo`` (or :func:`platform.processor`)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _version(dist: str) -> str:

@@ -24,19 +24,9 @@ import torch
 
 from neurobit.models.hub_tasks import (KEY_SELECTION, RECALL, acc_study, accuracy, recall_batch,
                                        train_key_selection, train_recall)
+from neurobit.analysis.machine import cpu_model
 
 HERE = Path(__file__).resolve().parent
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def machine_line() -> str:

@@ -119,8 +119,10 @@ def load_yaml_text(text: str, source: str) -> tuple[dict, dict[Loc, int]]:
     return data, _line_index(node) if node is not None else {}
 
 
-def load_circuit(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> CircuitConfig:
-    """Read, override (``--set``), validate and cross-check a circuit file."""
+def read_yaml_file(path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+                   ) -> tuple[dict, "_Located"]:
+    """Read a YAML config file, apply ``--set`` overrides; returns the data and a locator that
+    formats errors as ``FILE:LINE: key.path: message``."""
     path = Path(path)
     source = str(path)
     if not path.is_file():
@@ -133,7 +135,13 @@ def load_circuit(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) 
     for item in overrides:
         keys, value = parse_override(item)
         apply_override(data, keys, value, item)
-    return validate_circuit(data, _Located(source, lines), base_dir=path.parent)
+    return data, _Located(source, lines)
+
+
+def load_circuit(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> CircuitConfig:
+    """Read, override (``--set``), validate and cross-check a circuit file."""
+    data, where = read_yaml_file(path, overrides)
+    return validate_circuit(data, where, base_dir=Path(path).parent)
 
 
 def validate_circuit(data: dict, where: _Located, base_dir: Path) -> CircuitConfig:

@@ -32,8 +32,7 @@ from typing import Annotated, Literal, Optional
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from neurobit.config.loader import (_data_loc, _Located, apply_override, load_yaml_text,
-                                    parse_override)
+from neurobit.config.loader import _data_loc, _Located, read_yaml_file
 from neurobit.errors import ConfigError, NeurobitError
 from neurobit.models.lm_config import ModelConfig, Strict, TrainConfig
 
@@ -161,17 +160,7 @@ def load_run_file(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     ``data.cache_dir`` are resolved against the file's folder."""
     path = Path(path)
     source = str(path)
-    if not path.is_file():
-        raise ConfigError(f"{source}: no such file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(f"{source}: not a text (UTF-8) file") from None
-    data, lines = load_yaml_text(text, source)
-    for item in overrides:
-        keys, value = parse_override(item)
-        apply_override(data, keys, value, item)
-    where = _Located(source, lines)
+    data, where = read_yaml_file(path, overrides)
     model = data.get("model")
     vocab_given = isinstance(model, dict) and "vocab_size" in model
     probe = data
