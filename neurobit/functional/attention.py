@@ -59,6 +59,12 @@ class GroupLayout(NamedTuple):
         """S: the size of the largest group (the last axis of the attention weights)."""
         return int(self.members.shape[1])
 
+    @property
+    def contiguous(self) -> bool:
+        """Equal groups of consecutive circuits: grouping is then a reshape (no gather)."""
+        return bool(self.valid.all()) and torch.equal(
+            self.members.reshape(-1).cpu(), torch.arange(self.members.numel()))
+
     def sizes(self) -> list[int]:
         return [int(n) for n in self.valid.sum(1)]
 
@@ -110,6 +116,8 @@ def to_groups(x: torch.Tensor, layout: GroupLayout) -> torch.Tensor:
     """Gather ``x`` ``[B, C, ...]`` into ``[B, G, S, ...]`` (padding entries set to 0)."""
     if x.dim() < 2 or x.shape[1] != layout.n_circuits:
         raise ShapeError(f"x: expected [B, C={layout.n_circuits}, ...], got {list(x.shape)}")
+    if layout.contiguous:
+        return x.reshape(x.shape[0], layout.n_groups, layout.group_size, *x.shape[2:])
     xg = x[:, layout.members.to(x.device)]
     valid = layout.valid.to(x.device).view(1, *layout.valid.shape, *([1] * (x.dim() - 2)))
     return xg * valid.to(x.dtype) if not bool(layout.valid.all()) else xg
@@ -117,6 +125,8 @@ def to_groups(x: torch.Tensor, layout: GroupLayout) -> torch.Tensor:
 
 def from_groups(xg: torch.Tensor, layout: GroupLayout) -> torch.Tensor:
     """Inverse of :func:`to_groups`: ``[B, G, S, ...]`` -> ``[B, C, ...]`` (padding dropped)."""
+    if layout.contiguous:
+        return xg.reshape(xg.shape[0], layout.n_circuits, *xg.shape[3:])
     return xg[:, layout.group_of.to(xg.device), layout.position.to(xg.device)]
 
 

@@ -82,8 +82,14 @@ def fast_weight_update(M: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: f
     if check:
         check_fast_weight_parameters(lam, eta, clip)
         _check_kv(M, k, v)
+    return torch.clamp(fast_weight_write(M, k, v, lam, eta), -clip, clip)
+
+
+def fast_weight_write(M: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: float,
+                      eta: float) -> torch.Tensor:
+    """The update before the clip: ``lam * M + eta * sum_i k_i v_i^T`` ``[B, d, d]``."""
     # baddbmm: lam * M + eta * (k^T v), with (k^T v)[b] = sum_i k_i v_i^T, in one kernel
-    return torch.clamp(torch.baddbmm(M, k.transpose(1, 2), v, beta=lam, alpha=eta), -clip, clip)
+    return torch.baddbmm(M, k.transpose(1, 2), v, beta=lam, alpha=eta)
 
 
 def fast_weight_read(M: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

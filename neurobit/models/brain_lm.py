@@ -42,6 +42,7 @@ from torch.nn import functional as F
 
 from neurobit.errors import ShapeError
 from neurobit.functional.lif import lif_rate_step
+from neurobit.functional.recurrent_lif_scan import fused_ok, recurrent_lif_scan
 from neurobit.functional.surrogate import spike
 from neurobit.models.embedding import HierarchicalEmbedding
 from neurobit.models.gpt import (GPT, MLP, CausalSelfAttention, KVCache, count_parameters,
@@ -95,6 +96,7 @@ class BrainBlock(nn.Module):
                                   slope=cfg.slope)}[cfg.neuron]
             self.mlp = MLP(d, cfg.mlp_ratio * d, C * D, q, act)
         self.feedback = cfg.hub_feedback and cfg.mixer == "hub" and cfg.ffn == "circuits"
+        self.fused_scan = True  # False: the per-token module loop (the oracle of the tests)
         if cfg.mixer == "hub":
             self.hub = CorticalHub(C, D, cfg.d_key, d, N if self.feedback else 1,
                                    groups=cfg.hub_groups, lam=cfg.lam, eta=cfg.eta,
@@ -147,9 +149,14 @@ class BrainBlock(nn.Module):
         circ, hub, kv, fb = state
         if cfg.ffn == "circuits":
             C = cfg.n_circuits
-            u_in = self.bank.w_in(a.unsqueeze(-2).expand(B, T, C, d))       # [B, T, C, N]: one GEMM
+            u_in = self.bank.w_in.forward_shared(a)                         # [B, T, C, N]: one GEMM
             q_rec = self.bank.w_rec.ternary()                               # once per sequence
             q_out = self.readout.ternary()
+            if self._fused(u_in):  # all tokens and LIF steps in one numba scan
+                r, lif_state = recurrent_lif_scan(u_in, q_rec.codes, q_rec.scale, circ.lif,
+                                                  self.bank.lif.params, cfg.spike_steps)
+                return self._mix(x, self.readout.apply_ternary(r, q_out),
+                                 BrainBlockState(MicroCircuitState(lif_state), hub, kv, fb))
             rates, gs = [], []
             for u_t in u_in.unbind(1):
                 r, circ = self._token(u_t, circ, q_rec, fb)
@@ -163,12 +170,22 @@ class BrainBlock(nn.Module):
             h = self.readout.apply_ternary(torch.stack(rates, 1), q_out)    # [B, T, C, D]
         else:
             h = self.mlp(a).view(B, T, cfg.n_circuits, cfg.d_circuit)
-        if cfg.mixer == "hub":
-            out = self.hub(h.transpose(0, 1), hub)
-            return x + out.g.transpose(0, 1), BrainBlockState(circ, out.state, kv, fb)
-        pos0 = 0 if kv is None else kv.k.shape[2]
-        m, kv = self.attn(h.reshape(B, T, -1), kv, pos0)
-        return x + m, BrainBlockState(circ, hub, kv, fb)
+        return self._mix(x, h, BrainBlockState(circ, hub, kv, fb))
+
+    def _fused(self, u_in: torch.Tensor) -> bool:
+        """Whether the circuits can run as one fused scan (LIF units, no per-token feedback)."""
+        return (self.fused_scan and self.act is None and not self.feedback and self.bank.w_rec.bias is None
+                and self.bank.w_rec.act_bits is None and fused_ok(u_in, self.bank.lif.params))
+
+    def _mix(self, x, h, state: BrainBlockState) -> tuple[torch.Tensor, BrainBlockState]:
+        """Hub (or attention) over circuit outputs ``h`` ``[B, T, C, D]``; residual add."""
+        B, T = h.shape[:2]
+        if self.cfg.mixer == "hub":
+            out = self.hub(h.transpose(0, 1), state.hub)
+            return x + out.g.transpose(0, 1), state._replace(hub=out.state)
+        pos0 = 0 if state.kv is None else state.kv.k.shape[2]
+        m, kv = self.attn(h.reshape(B, T, -1), state.kv, pos0)
+        return x + m, state._replace(kv=kv)
 
 
 class BrainLMState(NamedTuple):

@@ -129,6 +129,21 @@ class BitLinear(nn.Module):
             y = torch.einsum("...mi,moi->...mo", x, q.codes) * scale
         return y if self.bias is None else y + self.bias
 
+    def forward_shared(self, x: torch.Tensor) -> torch.Tensor:
+        """A banked layer applied to one input shared by all banks: ``x`` ``[..., in]`` ->
+        ``[..., M, out]``, as one GEMM over ``[M * out, in]`` (the same as expanding ``x`` to
+        ``[..., M, in]`` and calling the layer, without the copy or the batched matmul)."""
+        if self.banks is None:
+            raise ShapeError("forward_shared: needs a banked BitLinear (banks=M)")
+        if x.shape[-1] != self.in_features or self.act_bits is not None:
+            raise ShapeError(f"x: last axis must be in_features={self.in_features} (and no "
+                             f"act_bits), got shape {list(x.shape)}")
+        q = self._frozen if self._frozen is not None else self.ternary()
+        M, out = self.banks, self.out_features
+        y = torch.nn.functional.linear(x, q.codes.reshape(M * out, self.in_features))
+        y = y.unflatten(-1, (M, out)) * q.scale.reshape(-1, 1)
+        return y if self.bias is None else y + self.bias
+
     def export_packed(self, fmt: str = "2bit") -> dict[str, torch.Tensor]:
         """Packed codes (``uint8``), scale and shape, for safetensors: at most 2 bits/weight."""
         pack, _ = PACKERS[fmt] if fmt in PACKERS else (None, None)

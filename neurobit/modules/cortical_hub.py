@@ -29,6 +29,7 @@ from torch import nn
 
 from neurobit.errors import ParameterError, ShapeError
 from neurobit.functional.attention import Groups, group_layout, grouped_attention
+from neurobit.functional.fast_weight_scan import fast_weight_scan
 from neurobit.functional.fast_weights import (check_fast_weight_parameters, fast_weight_init,
                                               fast_weight_update)
 from neurobit.functional.inhibition import INHIBITIONS, inhibit_groups
@@ -158,25 +159,29 @@ class CorticalHub(nn.Module):
         """All steps of ``h_seq`` ``[T, B, C, D]``; outputs carry a leading T.
 
         ``state=None`` (the default) starts from a cleared memory: every sequence is independent.
-        Pass the returned state to continue the same session across chunks. The projections and
-        the readout run as one GEMM over all steps; only the attention/memory recurrence loops.
+        Pass the returned state to continue the same session across chunks. The projections,
+        the attention and the readout run batched over all steps; only the memory recurrence
+        ``M_{t+1} = clamp(lam M_t + eta K_t^T V_t)`` loops (it does not depend on the attention).
         """
         self._check(h_seq, 1)
         if h_seq.shape[0] < 1:
             raise ShapeError(f"h_seq: needs at least one step, got {list(h_seq.shape)}")
-        B = h_seq.shape[1]
+        T, B = h_seq.shape[:2]
         if state is None:
             state = self.initial_state(B, h_seq.dtype, h_seq.device)
         self._check_state(state, B)
         Q, K, V = self.w_q(h_seq), self.w_k(h_seq), self.w_v(h_seq)
-        M, outs, weights = state.M, [], []
-        for q, k, v in zip(Q.unbind(0), K.unbind(0), V.unbind(0)):
-            h_att, attn = self._attend(q, k, v, M)
-            M = self._write(M, k, v)
-            outs.append(h_att)
-            weights.append(attn)
-        h_prime, g, feedback = self._readout(torch.stack(outs, 0))
-        return HubOutput(h_prime, g, feedback, torch.stack(weights, 0), HubState(M, g[-1]))
+        if self.use_fast_weights:                               # M_0 .. M_T
+            memories = fast_weight_scan(state.M, K, V, self.lam, self.eta, self.clip)
+            M_read, M_end = memories[:T], memories[T]
+        else:
+            M_read, M_end = None, state.M
+        flat = lambda x: x.reshape(T * B, *x.shape[2:])
+        h_att, weights = self._attend(flat(Q), flat(K), flat(V),
+                                      None if M_read is None else flat(M_read))
+        h_prime, g, feedback = self._readout(h_att.reshape(T, B, *h_att.shape[1:]))
+        return HubOutput(h_prime, g, feedback, weights.reshape(T, B, *weights.shape[1:]),
+                         HubState(M_end, g[-1]))
 
     def extra_repr(self) -> str:
         return (f"C={self.n_circuits}, {self.d_in} -> d={self.d_key}, "

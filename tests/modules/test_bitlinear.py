@@ -203,3 +203,16 @@ def test_default_init_is_kaiming_uniform(gen):
     bound = 1 / math.sqrt(100)
     assert float(bl.weight.detach().abs().max()) <= bound
     assert float(bl.weight.detach().abs().max()) > 0.9 * bound
+
+
+def test_forward_shared_equals_expanded_input():
+    """One GEMM over [M*out, in] equals the banked layer on the input expanded to M banks."""
+    torch.manual_seed(0)
+    layer = BitLinear(12, 5, banks=3).double()
+    x = torch.randn(4, 7, 12, dtype=torch.float64)
+    ref = layer(x.unsqueeze(-2).expand(4, 7, 3, 12))
+    out = layer.forward_shared(x)
+    assert out.shape == (4, 7, 3, 5)
+    assert (out - ref).abs().max() < 1e-12
+    with pytest.raises(ShapeError, match="banked"):
+        BitLinear(12, 5).forward_shared(x)

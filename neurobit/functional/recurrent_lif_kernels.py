@@ -1,0 +1,138 @@
+"""Numba CPU kernels for a bank of recurrent ternary LIF circuits scanned over tokens.
+
+The update is :func:`neurobit.functional.lif.lif_step` with the recurrent synapse of
+:class:`neurobit.modules.MicroCircuit` (``scale * (codes @ s)``), in the same float operation
+order, so spikes are identical to the module loop. Per circuit ``c``, token ``t`` and sub-step
+``k = 1..K`` (the token's input current ``x_t`` is held for ``K`` steps; ``n`` counts all steps)::
+
+    rec_n = scale_c * (codes_c @ s_{n-1})                  (integer sum of codes, then the scale)
+    v_n   = (alpha * v_{n-1} + (x_t + rec_n)) - beta * s_{n-1}
+    s_n   = 1[v_n > theta]
+    r_t   = (s_{tK+1} + ... + s_{tK+K}) / K                (the token's spike rate)
+
+Layouts: ``x`` and ``r`` ``[B, T, C, N]``; ``codes`` ``[C, N, N]`` (out, in) and its transpose;
+``scale``, ``alpha``, ``theta``, ``beta`` per circuit ``[C]`` or per unit ``[C, N]``; state
+``[B, C, N]``; membrane trace ``[B, C, T*K, N]``. The (batch, circuit) pairs run in parallel.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(parallel=True, cache=True)
+def recurrent_lif_forward(x, codes_t, scale, alpha, theta, beta, v0, s0, K, r_out, v_trace,
+                          v_end, s_end):  # pragma: no cover
+    """Forward scan; writes rates ``r_out``, the membrane trace and the final state."""
+    B, T, C, N = x.shape
+    one = x.dtype.type(1.0)
+    zero = x.dtype.type(0.0)
+    inv_k = one / x.dtype.type(K)
+    for pair in prange(B * C):
+        b = pair // C
+        c = pair % C
+        v = v0[b, c].copy()
+        s = s0[b, c].copy()
+        a = alpha[c]
+        th = theta[c]
+        be = beta[c]
+        sc = scale[c]
+        rec = np.empty(N, dtype=x.dtype)
+        acc = np.empty(N, dtype=x.dtype)
+        n = 0
+        for t in range(T):
+            xt = x[b, t, c]
+            acc[:] = zero
+            for _ in range(K):
+                rec[:] = zero
+                for j in range(N):
+                    sj = s[j]
+                    if sj != zero:
+                        cj = codes_t[c, j]
+                        for i in range(N):
+                            rec[i] += cj[i] * sj
+                vt = v_trace[b, c, n]
+                for i in range(N):
+                    vi = (a[i] * v[i] + (xt[i] + rec[i] * sc)) - be[i] * s[i]
+                    v[i] = vi
+                    vt[i] = vi
+                for i in range(N):
+                    si = one if v[i] > th[i] else zero
+                    s[i] = si
+                    acc[i] += si
+                n += 1
+            rt = r_out[b, t, c]
+            for i in range(N):
+                rt[i] = acc[i] * inv_k
+        v_end[b, c] = v
+        s_end[b, c] = s
+
+
+@njit(parallel=True, cache=True)
+def recurrent_lif_backward(v_trace, codes, scale, alpha, theta, beta, s0, K, sg_fn, slope,
+                           detach_reset, g_r, g_vT, g_sT, g_x, g_w_pairs, g_v0,
+                           g_s0):  # pragma: no cover
+    """Reverse-time adjoint of :func:`recurrent_lif_forward`.
+
+    With ``G_n = dL/dv_n`` (total), ``W = scale * codes`` and ``sg_n = sigma'(v_n - theta)``::
+
+        gs_n = dL/dr_t / K + W^T G_{n+1} - (not detach_reset) beta G_{n+1}   (+ dL/ds_end at n = last)
+        G_n  = gs_n sg_n + alpha G_{n+1}                                      (+ dL/dv_end at n = last)
+        dL/dx_t = sum_{n in t} G_n;   dL/dW_c += G_n s_{n-1}^T  (per pair, summed by the caller)
+        dL/dv_0 = alpha G_0;  dL/ds_0 = W^T G_0 - (not detach_reset) beta G_0
+
+    ``g_w_pairs`` ``[B*C, N, N]`` receives ``sum_n G_n s_{n-1}^T`` per (batch, circuit) pair.
+    """
+    B, C, NK, N = v_trace.shape
+    T = NK // K
+    zero = v_trace.dtype.type(0.0)
+    one = v_trace.dtype.type(1.0)
+    inv_k = one / v_trace.dtype.type(K)
+    g_x[:] = zero
+    for pair in prange(B * C):
+        b = pair // C
+        c = pair % C
+        a = alpha[c]
+        th = theta[c]
+        be = beta[c]
+        sc = scale[c]
+        G = np.zeros(N, dtype=v_trace.dtype)      # G_{n+1}
+        back = np.zeros(N, dtype=v_trace.dtype)   # W^T G_{n+1}
+        gw = g_w_pairs[pair]
+        gw[:, :] = zero
+        for n in range(NK - 1, -1, -1):
+            t = n // K
+            last = n == NK - 1
+            grt = g_r[b, t, c]
+            vn = v_trace[b, c, n]
+            gxt = g_x[b, t, c]
+            for j in range(N):
+                gs = grt[j] * inv_k + back[j]
+                if last:
+                    gs = gs + g_sT[b, c, j]
+                if not detach_reset:
+                    gs = gs - be[j] * G[j]
+                Gj = gs * sg_fn(vn[j] - th[j], slope) + a[j] * G[j]
+                if last:
+                    Gj = Gj + g_vT[b, c, j]
+                G[j] = Gj
+                gxt[j] += Gj
+            # s_{n-1}: recomputed from the trace (the same comparison as the forward)
+            for j in range(N):
+                if n > 0:
+                    sp = one if v_trace[b, c, n - 1, j] > th[j] else zero
+                else:
+                    sp = s0[b, c, j]
+                if sp != zero:
+                    for i in range(N):
+                        gw[i, j] += G[i] * sp
+            back[:] = zero
+            for i in range(N):
+                Gi = G[i] * sc
+                if Gi != zero:
+                    ci = codes[c, i]
+                    for j in range(N):
+                        back[j] += ci[j] * Gi
+        for j in range(N):
+            g_v0[b, c, j] = a[j] * G[j]
+            g_s0[b, c, j] = back[j] - (zero if detach_reset else be[j] * G[j])
