@@ -46,6 +46,7 @@ class Checkpoint:
     model: dict[str, torch.Tensor]
     optimizer: dict
     rng: dict
+    train_seconds: float = 0.0
 
 
 def flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -111,7 +112,8 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_checkpoint(out_dir: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    config: LMRunConfig, step: int, data_generator: torch.Generator) -> Path:
+                    config: LMRunConfig, step: int, data_generator: torch.Generator,
+                    train_seconds: float = 0.0) -> Path:
     """Write ``out_dir/ckpt_<step>`` atomically, point ``latest`` at it, drop older ones."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +128,7 @@ def save_checkpoint(out_dir: str | Path, model: torch.nn.Module, optimizer: torc
     rng_t, rng_js = capture_rng(data_generator)
     save_file({**opt_t, **rng_t}, str(tmp / "optim.safetensors"))
     (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": opt_meta,
-                                                "rng": rng_js}))
+                                                "rng": rng_js, "train_seconds": train_seconds}))
     (tmp / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"),
                                                     sort_keys=False))
     final = out / name
@@ -174,7 +176,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path, load_config(path), int(state["step"]),
                       load_file(str(path / "model.safetensors")),
                       unflatten_optimizer(opt_t, state["optimizer"]),
-                      {"tensors": rng_t, "json": state["rng"]})
+                      {"tensors": rng_t, "json": state["rng"]},
+                      float(state.get("train_seconds", 0.0)))
 
 
 def load_model(path: str | Path) -> tuple[torch.nn.Module, LMRunConfig]:

@@ -15,6 +15,10 @@ Learning rate at step ``i`` (0-based), with ``W`` warmup steps and ``S`` total s
     lr_i = lr * (i + 1) / W                                          i < W
     lr_i = min_lr + (lr - min_lr) * (1 + cos(pi * (i - W) / (S - W))) / 2      otherwise
 
+With a wall-clock budget ``max_seconds`` (``E`` seconds of training steps spent so far), the
+cosine phase follows ``frac = E / max_seconds`` instead, and training stops when ``E`` reaches
+the budget (then a final validation and checkpoint); ``E`` is saved with each checkpoint.
+
 Loss: mean token cross-entropy of ``logits[B, T, V]`` against ``y``.
 
 Resume (``resume=True``) continues from the latest checkpoint exactly: model, optimizer, the
@@ -63,22 +67,35 @@ class TrainResult:
     val_losses: list[tuple[int, float]] = field(default_factory=list)
     tokens_per_s: float = 0.0
     resumed_from: int | None = None
+    train_seconds: float = 0.0
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Learning rate of (0-based) step ``step``: linear warmup, then cosine to ``min_lr``."""
+def lr_at(step: int, cfg: TrainConfig, train_seconds: float = 0.0) -> float:
+    """Learning rate of (0-based) step ``step``: linear warmup, then cosine to ``min_lr`` over
+    the steps, or over the time budget ``cfg.max_seconds`` when set."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    frac = min(1.0, (step - cfg.warmup_steps) / span)
+    if cfg.max_seconds is not None:
+        frac = min(1.0, train_seconds / cfg.max_seconds)
+    else:
+        frac = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
     return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * frac))
 
 
-def lm_loss(model: torch.nn.Module, x, y, w) -> torch.Tensor:
-    logits = model(x, w)
+def _cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+def lm_loss(model: torch.nn.Module, x, y, w) -> torch.Tensor:
+    """Mean token cross-entropy; models with auxiliary losses (``regularizer``: the Sparse
+    Bayesian Layers' KL and surprise-gate losses) add them while training."""
+    if model.training and hasattr(model, "regularizer"):
+        out = model.forward_aux(x, w)
+        loss = _cross_entropy(out.logits, y)
+        return loss + model.regularizer(loss, out)
+    return _cross_entropy(model(x, w), y)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -213,7 +230,7 @@ def train(model_cfg: BrainLMConfig | GPTConfig, train_cfg: TrainConfig, data, ou
     opt = make_optimizer(model, cfg)
     data_gen = torch.Generator().manual_seed(cfg.seed)
     result = TrainResult(out, count_parameters(model))
-    step = 0
+    step, train_seconds = 0, 0.0
     ck_path = latest_checkpoint(out) if resume else None
     if ck_path is not None:
         ck = load_checkpoint(ck_path)
@@ -223,6 +240,7 @@ def train(model_cfg: BrainLMConfig | GPTConfig, train_cfg: TrainConfig, data, ou
         opt.load_state_dict(ck.optimizer)
         restore_rng(ck.rng["tensors"], ck.rng["json"], data_gen)
         step = result.resumed_from = ck.step
+        train_seconds = ck.train_seconds
     metrics = out / "metrics.jsonl"
     if rank == 0:
         if ck_path is not None:
@@ -236,10 +254,12 @@ def train(model_cfg: BrainLMConfig | GPTConfig, train_cfg: TrainConfig, data, ou
     tokens_per_step = cfg.batch_size * cfg.block_size
     t_start, first = time.perf_counter(), step
     t_log = t_start
+    budget_spent = cfg.max_seconds is not None and train_seconds >= cfg.max_seconds
     model.train()
     with prog, open(metrics, "a") if rank == 0 else _Null() as mf:
-        while step < end:
-            lr = lr_at(step, cfg)
+        while step < end and not budget_spent:
+            t_step = time.perf_counter()
+            lr = lr_at(step, cfg, train_seconds)
             for g in opt.param_groups:
                 g["lr"] = lr
             x, y, w = _rank_slice(data.get_batch("train", cfg.batch_size, cfg.block_size,
@@ -253,11 +273,16 @@ def train(model_cfg: BrainLMConfig | GPTConfig, train_cfg: TrainConfig, data, ou
                 model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             opt.step()
             step += 1
+            train_seconds += time.perf_counter() - t_step
+            if cfg.max_seconds is not None:  # one clock for all ranks: same lr, same stop
+                train_seconds = _mean_over_ranks(train_seconds, world, torch.float64)
+                budget_spent = train_seconds >= cfg.max_seconds
+            final = step == end or budget_spent
             loss_v = _mean_over_ranks(float(loss.detach()), world, torch.float64)
             result.steps.append(step)
             result.losses.append(loss_v)
             now = time.perf_counter()
-            if step % cfg.log_interval == 0 or step == end:
+            if step % cfg.log_interval == 0 or final:
                 n = (step - 1) % cfg.log_interval + 1
                 tps = n * tokens_per_step / max(now - t_log, 1e-9)
                 t_log = now
@@ -265,20 +290,21 @@ def train(model_cfg: BrainLMConfig | GPTConfig, train_cfg: TrainConfig, data, ou
                                      "grad_norm": float(norm), "tokens_per_s": tps}) + "\n")
                 mf.flush()
                 prog.update(task, completed=step, loss=loss_v, tps=tps)
-            if step % cfg.eval_interval == 0 or step == cfg.steps:
+            if step % cfg.eval_interval == 0 or step == cfg.steps or budget_spent:
                 model.eval()
                 vl = evaluate(model, data, cfg, rank, world)
                 model.train()
                 result.val_losses.append((step, vl))
                 mf.write(json.dumps({"step": step, "val_loss": vl}) + "\n")
                 mf.flush()
-            if step % cfg.checkpoint_interval == 0 or step == end:
+            if step % cfg.checkpoint_interval == 0 or final:
                 if rank == 0:
-                    save_checkpoint(out, model, opt, run_cfg, step, data_gen)
+                    save_checkpoint(out, model, opt, run_cfg, step, data_gen, train_seconds)
                 if world > 1:
                     dist.barrier()
     elapsed = time.perf_counter() - t_start
     result.tokens_per_s = (step - first) * tokens_per_step / max(elapsed, 1e-9)
+    result.train_seconds = train_seconds
     if rank == 0 and metrics.exists():
         plot_loss_curve(metrics, out / "loss_curve.png")
     return result

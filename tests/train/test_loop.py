@@ -60,6 +60,28 @@ def test_lr_schedule():
     assert all(lr_at(i, c) >= lr_at(i + 1, c) for i in range(10, 110))
 
 
+def test_time_budget_schedule_and_stop(tmp_path):
+    """With max_seconds the cosine follows the budget fraction, and training stops (with a
+    final validation and checkpoint) once the budget is spent, well before ``steps``."""
+    c = TrainConfig(steps=10_000, lr=1.0, min_lr=0.1, warmup_steps=10, max_seconds=100.0)
+    assert lr_at(5, c, 0.0) == pytest.approx(0.6)                   # warmup still by step
+    assert lr_at(500, c, 50.0) == pytest.approx(0.55)               # half the budget
+    assert lr_at(20, c, 100.0) == pytest.approx(0.1)
+    data = TextData()
+    train(brain_cfg(data.vocab_size), train_cfg(steps=1), data, tmp_path / "warm")  # jit
+    res = train(brain_cfg(data.vocab_size), train_cfg(steps=100_000, max_seconds=1.5,
+                                                      eval_interval=10_000), data, tmp_path)
+    assert 1.5 <= res.train_seconds < 1.5 + 1.0                     # stops within one step
+    assert 3 < len(res.steps) < 100_000
+    assert res.val_losses and res.val_losses[-1][0] == res.steps[-1]
+    ck = load_checkpoint(tmp_path)
+    assert ck.step == res.steps[-1] and ck.train_seconds == pytest.approx(res.train_seconds)
+    again = train(brain_cfg(data.vocab_size), train_cfg(steps=100_000, max_seconds=1.5,
+                                                        eval_interval=10_000), data, tmp_path,
+                  resume=True)
+    assert again.steps == []                                         # the budget is spent
+
+
 def test_train_writes_metrics_plot_config_and_learns(tmp_path):
     data = TextData()
     res = train(brain_cfg(data.vocab_size), train_cfg(steps=30, eval_interval=10), data,
