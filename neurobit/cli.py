@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, List, NamedTuple, Optional
+from typing import List, Optional
 
 import typer
 
@@ -198,66 +198,30 @@ def train(config: Path = typer.Argument(..., help="language-model run YAML (mode
                f"{res.tokens_per_s:,.0f} tokens/s, {res.n_params:,} parameters")
 
 
-class _StepState(NamedTuple):
-    """State of :func:`lm_step_fn` between tokens."""
-
-    model: Any         # the model's own generation state (BrainLMState / GPTState)
-    fed: int           # tokens of the running sequence the model has read
-    word_start: int    # first token after the last separator-ending token (word hashes restart)
-
-
-def lm_step_fn(model, tokenizer):
-    """Wrap ``model.step``/``model.run`` into :func:`neurobit.decode.generate`'s
-    ``step_fn(tokens_so_far [1, t], state) -> (logits [1, V], state)``.
-
-    Each call feeds the tokens not yet read (the whole prompt on the first call, then the one
-    sampled token) with their causal word ids: the word hash of a token depends only on the
-    tokens since the last separator-ending one, so it is computed on that tail (the same ids
-    ``tokenizer.word_ids`` gives on the whole running text, and the data layer in training).
-    The state is never modified in place (reflection passes may reuse it).
-    """
-    import numpy as np
-    import torch
-
-    from neurobit.train.tokenizer import DEFAULT_WORD_BUCKETS, bucket_word_hashes
-    use_words = getattr(model.cfg, "n_word_buckets", 0) > 0
-    has_run = hasattr(model, "run")
-
-    @torch.no_grad()
-    def step(seq: torch.Tensor, state):
-        ids = seq[0]
-        t = ids.shape[0]
-        if state is None:
-            state = _StepState(model.initial_state(1), 0, 0)
-        ms, fed, ws = state
-        new = ids[fed:t]
-        w, ws_next = None, ws
-        if use_words:
-            h = tokenizer.token_word_hashes(ids[ws:t])
-            w = bucket_word_hashes(h[fed - ws:], DEFAULT_WORD_BUCKETS)[None]
-            seps = np.flatnonzero(h == 0)
-            ws_next = ws + int(seps[-1]) + 1 if seps.size else ws
-        if has_run:
-            logits, ms = model.run(new[None], w, ms)
-            logits = logits[:, -1]
-        else:
-            for i in range(new.shape[0]):
-                logits, ms = model.step(new[i:i + 1], None if w is None else w[:, i], ms)
-        return logits.float(), _StepState(ms, t, ws_next)
-
-    return step
-
-
-def _load_lm(checkpoint: Path):
-    """(model, tokenizer) of a run directory or a ckpt_* directory; one-line errors."""
-    from neurobit.train.checkpoint import load_model
-    from neurobit.train.tokenizer import load_tokenizer
+def _require_checkpoint_dir(checkpoint: Path) -> None:
     if not checkpoint.exists():
         _fail(f"{checkpoint}: no such checkpoint")
     if not checkpoint.is_dir() or not ((checkpoint / "latest").is_file()
                                        or (checkpoint / "model.safetensors").is_file()):
         _fail(f"{checkpoint}: not a neurobit checkpoint (expected a run directory holding "
               "'latest' or a ckpt_* directory holding model.safetensors)")
+
+
+def _load_lm(checkpoint: Path):
+    """(model, tokenizer) of a run directory, a ckpt_* directory or a compiled file; one-line
+    errors."""
+    from neurobit.compile.artifact import is_compiled
+    from neurobit.train.checkpoint import load_model
+    from neurobit.train.tokenizer import load_tokenizer
+    if not checkpoint.exists():
+        _fail(f"{checkpoint}: no such checkpoint")
+    if is_compiled(checkpoint):
+        from neurobit.compile.lm import load_compiled_lm
+        model, tok = load_compiled_lm(checkpoint)
+        if tok is None:
+            _fail(f"{checkpoint}: the compiled model holds no tokenizer")
+        return model, tok
+    _require_checkpoint_dir(checkpoint)
     try:
         model, _ = load_model(checkpoint)
     except NeurobitError:
@@ -286,8 +250,34 @@ def _describe_event(ev, attempt: int, tok) -> str:
     return f"collapse: attempt {attempt}: {what}; continuation cut at token {ev.position}"
 
 
+@app.command("compile")
+def compile_(checkpoint: Path = typer.Argument(..., help="language-model run directory or "
+                                               "ckpt_* directory"),
+             output: Path = typer.Option(..., "-o", "--output", help="compiled model file"),
+             packing: str = typer.Option("2bit", "--packing", help="2bit | trit5"),
+             force: bool = typer.Option(False, "--force", help="overwrite OUTPUT")):
+    """Lower a trained model to a frozen inference file: ternary weights packed, scales and
+    config stored, tokenizer included. `neurobit generate OUTPUT` runs it (BrainLM: fused
+    per-token kernel)."""
+    from neurobit.compile.artifact import ternary_storage
+    from neurobit.compile.lm import compile_checkpoint
+    try:
+        _require_checkpoint_dir(checkpoint)
+        if output.exists() and not force:
+            _fail(f"{output}: exists; pass --force to overwrite")
+        if packing not in ("2bit", "trit5"):
+            _fail(f"--packing: unknown {packing!r}; choose 2bit or trit5")
+        path = compile_checkpoint(checkpoint, output, packing)
+        st = ternary_storage(path)
+    except NeurobitError as e:
+        _fail(str(e))
+    typer.echo(f"{path}: {st['file_bytes']:,} bytes; {st['ternary_weights']:,} ternary weights "
+               f"in {st['code_bytes']:,} bytes ({st['bits_per_ternary_weight']:.2f} bits each)")
+
+
 @app.command()
-def generate(checkpoint: Path = typer.Argument(..., help="run directory or ckpt_* directory"),
+def generate(checkpoint: Path = typer.Argument(..., help="run directory, ckpt_* directory or "
+                                               "compiled model file"),
              prompt: str = typer.Option(..., "--prompt", help="text to continue"),
              max_new_tokens: int = typer.Option(200, "--max-new-tokens", min=1),
              temperature: float = typer.Option(1.0, "--temperature", min=0.0),
@@ -311,6 +301,7 @@ def generate(checkpoint: Path = typer.Argument(..., help="run directory or ckpt_
 
     from neurobit.decode import CollapseDetector, SamplingConfig, conservative
     from neurobit.decode import generate as run_generate
+    from neurobit.train.lm_step import lm_step_fn
     try:
         if prompt == "":
             _fail("--prompt: must not be empty")

@@ -20,47 +20,49 @@ import numpy as np
 from numba import njit, prange
 
 
+@njit(cache=True, inline="always")
+def lif_circuit_token(xt, codes_t_c, sc, a, th, be, K, v, s, rec, acc, v_trace_c, n):
+    """One token of one circuit, in place: ``K`` steps from ``v``, ``s`` (``[N]``) with input
+    ``xt`` ``[N]``; ``acc`` receives the spike count; step ``n + k`` of the membrane goes to
+    ``v_trace_c[n + k]`` when ``v_trace_c`` has rows (pass a ``[0, N]`` array to skip)."""
+    N = xt.shape[0]
+    one = xt.dtype.type(1.0)
+    zero = xt.dtype.type(0.0)
+    acc[:] = zero
+    for k in range(K):
+        rec[:] = zero
+        for j in range(N):
+            sj = s[j]
+            if sj != zero:
+                cj = codes_t_c[j]
+                for i in range(N):
+                    rec[i] += cj[i] * sj
+        for i in range(N):
+            v[i] = (a[i] * v[i] + (xt[i] + rec[i] * sc)) - be[i] * s[i]
+        if v_trace_c.shape[0] > 0:
+            v_trace_c[n + k, :] = v
+        for i in range(N):
+            si = one if v[i] > th[i] else zero
+            s[i] = si
+            acc[i] += si
+
+
 @njit(parallel=True, cache=True)
 def recurrent_lif_forward(x, codes_t, scale, alpha, theta, beta, v0, s0, K, r_out, v_trace,
                           v_end, s_end):  # pragma: no cover
     """Forward scan; writes rates ``r_out``, the membrane trace and the final state."""
     B, T, C, N = x.shape
-    one = x.dtype.type(1.0)
-    zero = x.dtype.type(0.0)
-    inv_k = one / x.dtype.type(K)
+    inv_k = x.dtype.type(1.0) / x.dtype.type(K)
     for pair in prange(B * C):
         b = pair // C
         c = pair % C
         v = v0[b, c].copy()
         s = s0[b, c].copy()
-        a = alpha[c]
-        th = theta[c]
-        be = beta[c]
-        sc = scale[c]
         rec = np.empty(N, dtype=x.dtype)
         acc = np.empty(N, dtype=x.dtype)
-        n = 0
         for t in range(T):
-            xt = x[b, t, c]
-            acc[:] = zero
-            for _ in range(K):
-                rec[:] = zero
-                for j in range(N):
-                    sj = s[j]
-                    if sj != zero:
-                        cj = codes_t[c, j]
-                        for i in range(N):
-                            rec[i] += cj[i] * sj
-                vt = v_trace[b, c, n]
-                for i in range(N):
-                    vi = (a[i] * v[i] + (xt[i] + rec[i] * sc)) - be[i] * s[i]
-                    v[i] = vi
-                    vt[i] = vi
-                for i in range(N):
-                    si = one if v[i] > th[i] else zero
-                    s[i] = si
-                    acc[i] += si
-                n += 1
+            lif_circuit_token(x[b, t, c], codes_t[c], scale[c], alpha[c], theta[c], beta[c], K,
+                              v, s, rec, acc, v_trace[b, c], t * K)
             rt = r_out[b, t, c]
             for i in range(N):
                 rt[i] = acc[i] * inv_k
@@ -81,7 +83,8 @@ def recurrent_lif_backward(v_trace, codes, scale, alpha, theta, beta, s0, K, sg_
         dL/dx_t = sum_{n in t} G_n;   dL/dW_c += G_n s_{n-1}^T  (per pair, summed by the caller)
         dL/dv_0 = alpha G_0;  dL/ds_0 = W^T G_0 - (not detach_reset) beta G_0
 
-    ``g_w_pairs`` ``[B*C, N, N]`` receives ``sum_n G_n s_{n-1}^T`` per (batch, circuit) pair.
+    ``g_w_pairs`` ``[B*C, N, N]`` receives ``(sum_n G_n s_{n-1}^T)^T`` per (batch, circuit) pair
+    (transposed, so the accumulation runs along contiguous memory).
     """
     B, C, NK, N = v_trace.shape
     T = NK // K
@@ -124,8 +127,9 @@ def recurrent_lif_backward(v_trace, codes, scale, alpha, theta, beta, s0, K, sg_
                 else:
                     sp = s0[b, c, j]
                 if sp != zero:
+                    gwj = gw[j]                   # transposed: contiguous over i
                     for i in range(N):
-                        gw[i, j] += G[i] * sp
+                        gwj[i] += G[i] * sp
             back[:] = zero
             for i in range(N):
                 Gi = G[i] * sc

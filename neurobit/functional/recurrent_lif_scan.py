@@ -77,7 +77,7 @@ class _RecurrentLIFScan(torch.autograd.Function):
                                _jitted_surrogate(p.surrogate), float(p.slope),
                                bool(p.detach_reset), g_r.numpy(), g_vT.numpy(), g_sT.numpy(),
                                g_x.numpy(), g_w_pairs.numpy(), g_v0.numpy(), g_s0.numpy())
-        g_w = g_w_pairs.view(B, C, N, N).sum(0)                       # dL/dW, W = scale * codes
+        g_w = g_w_pairs.view(B, C, N, N).sum(0).transpose(1, 2)      # dL/dW, W = scale * codes
         g_codes = (g_w * sc[:, None, None]).to(codes.dtype) if ctx.needs_input_grad[1] else None
         g_scale = None
         if ctx.needs_input_grad[2]:

@@ -150,8 +150,8 @@ class BrainBlock(nn.Module):
         if cfg.ffn == "circuits":
             C = cfg.n_circuits
             u_in = self.bank.w_in.forward_shared(a)                         # [B, T, C, N]: one GEMM
-            q_rec = self.bank.w_rec.ternary()                               # once per sequence
-            q_out = self.readout.ternary()
+            q_rec = self.bank.w_rec.quantized()                               # once per sequence
+            q_out = self.readout.quantized()
             if self._fused(u_in):  # all tokens and LIF steps in one numba scan
                 r, lif_state = recurrent_lif_scan(u_in, q_rec.codes, q_rec.scale, circ.lif,
                                                   self.bank.lif.params, cfg.spike_steps)
@@ -253,9 +253,15 @@ def state_numel(state) -> int:
     return 0
 
 
-def build_model(cfg: BrainLMConfig | GPTConfig) -> nn.Module:
-    """The model a config describes (``kind: brain`` -> BrainLM, ``kind: gpt`` -> GPT)."""
-    return BrainLM(cfg) if cfg.kind == "brain" else GPT(cfg)
+def build_model(cfg) -> nn.Module:
+    """The model a config describes (``kind: brain`` -> BrainLM, ``kind: gpt`` -> GPT, the
+    other kinds -> :class:`neurobit.models.variant_lm.VariantLM`)."""
+    if cfg.kind == "brain":
+        return BrainLM(cfg)
+    if cfg.kind == "gpt":
+        return GPT(cfg)
+    from neurobit.models.variant_lm import VariantLM
+    return VariantLM(cfg)
 
 
 def brain_parameter_count(cfg: BrainLMConfig) -> int:

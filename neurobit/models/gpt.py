@@ -35,11 +35,46 @@ def quant_of(weights: str) -> str:
     return {"ternary": "absmean", "float": "float"}[weights]
 
 
+class _KVStore:
+    """Preallocated key/value buffers ``[B, H, capacity, hd]`` and how many positions hold data."""
+
+    def __init__(self, like: torch.Tensor, capacity: int):
+        B, H, _, hd = like.shape
+        self.k = like.new_empty(B, H, capacity, hd)
+        self.v = like.new_empty(B, H, capacity, hd)
+        self.filled = 0
+
+
 class KVCache(NamedTuple):
-    """Keys and values of all tokens seen, ``[B, H, t, hd]`` each (grows with t)."""
+    """Keys and values of all tokens seen, ``[B, H, t, hd]`` each (grows with t).
+
+    Without gradients (generation) the cache lives in a preallocated buffer that doubles when
+    full (``store``), so appending a token costs O(1) amortized instead of copying the whole
+    cache (``torch.cat``); ``k``, ``v`` are views of its first t positions. A cache whose buffer
+    was already extended by another continuation (the state was branched) is copied first,
+    so states stay immutable from the caller's side.
+    """
 
     k: torch.Tensor
     v: torch.Tensor
+    store: _KVStore | None = None
+
+
+def append_kv(cache: KVCache | None, k: torch.Tensor, v: torch.Tensor) -> KVCache:
+    """``cache`` with ``k``, ``v`` ``[B, H, T, hd]`` appended along positions."""
+    if cache is None:
+        return KVCache(k, v)
+    if torch.is_grad_enabled():  # autograd: plain concatenation
+        return KVCache(torch.cat((cache.k, k), dim=2), torch.cat((cache.v, v), dim=2))
+    S, T = cache.k.shape[2], k.shape[2]
+    st = cache.store
+    if st is None or st.filled != S or st.k.shape[2] < S + T:
+        new = _KVStore(k, max(64, 2 * (S + T)))
+        new.k[:, :, :S], new.v[:, :, :S] = cache.k, cache.v
+        st = new
+    st.k[:, :, S:S + T], st.v[:, :, S:S + T] = k, v
+    st.filled = S + T
+    return KVCache(st.k[:, :, :S + T], st.v[:, :, :S + T], st)
 
 
 def rotary(x: torch.Tensor, pos0: int, base: float) -> torch.Tensor:
@@ -75,9 +110,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(self.d, dim=-1)
         q, k, v = (t.view(B, T, self.n_heads, self.hd).transpose(1, 2) for t in (q, k, v))
         q, k = rotary(q, pos0, self.rope_base), rotary(k, pos0, self.rope_base)
-        if cache is not None:
-            k = torch.cat((cache.k, k), dim=2)
-            v = torch.cat((cache.v, v), dim=2)
+        cache = append_kv(cache, k, v)
+        k, v = cache.k, cache.v
         S = k.shape[2]
         if S == T:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -85,7 +119,7 @@ class CausalSelfAttention(nn.Module):
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).reshape(B, T, self.d)
-        return self.proj(y), KVCache(k, v)
+        return self.proj(y), cache
 
 
 class MLP(nn.Module):
@@ -149,18 +183,29 @@ class GPT(nn.Module):
         empty = torch.zeros(batch_size, self.cfg.n_heads, 0, hd, dtype=dt, device=device)
         return GPTState(tuple(KVCache(empty, empty) for _ in self.blocks), 0)
 
+    def run(self, tokens: torch.Tensor, word_ids: torch.Tensor | None = None,
+            state: GPTState | None = None) -> tuple[torch.Tensor, GPTState]:
+        """Logits ``[B, T, V]`` for ``tokens`` ``[B, T]`` after the tokens cached in ``state``
+        (None: none); the caches grow by T positions (prompt processing in one pass)."""
+        if tokens.dim() != 2:
+            raise ShapeError(f"tokens: expected [B, T], got {list(tokens.shape)}")
+        if state is None:
+            state = self.initial_state(tokens.shape[0], tokens.device)
+        x = self.embed(tokens, word_ids).to(self.head.weight.dtype)
+        caches = []
+        for blk, c in zip(self.blocks, state.caches):
+            x, c = blk(x, c, state.pos)
+            caches.append(c)
+        return self.head(self.norm(x)), GPTState(tuple(caches), state.pos + tokens.shape[1])
+
     def step(self, token: torch.Tensor, word_id: torch.Tensor | None,
              state: GPTState) -> tuple[torch.Tensor, GPTState]:
         """Feed one token per sequence; the caches grow by one position."""
         if token.dim() != 1:
             raise ShapeError(f"token: expected [B], got {list(token.shape)}")
-        x = self.embed(token[:, None], None if word_id is None else word_id[:, None])
-        x = x.to(self.head.weight.dtype)
-        caches = []
-        for blk, c in zip(self.blocks, state.caches):
-            x, c = blk(x, c, state.pos)
-            caches.append(c)
-        return self.head(self.norm(x))[:, 0], GPTState(tuple(caches), state.pos + 1)
+        logits, state = self.run(token[:, None], None if word_id is None else word_id[:, None],
+                                 state)
+        return logits[:, 0], state
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -102,13 +102,18 @@ class BitLinear(nn.Module):
         return ternary_ste(self.weight, self.quant, tau=self.tau, fixed_scale=self.fixed_scale,
                            per_leading=self.banks is not None)
 
+    def quantized(self) -> Ternary:
+        """The codes and scale the forward pass uses: the frozen ones (:meth:`freeze`,
+        :meth:`load_packed`) if any, else :meth:`ternary` of the master weight."""
+        return self._frozen if self._frozen is not None else self.ternary()
+
     def effective_weight(self) -> torch.Tensor:
         """``scale * codes`` (detached): the weight the forward pass applies."""
-        q = self.ternary()
+        q = self.quantized()
         return (q.codes * q.scale).detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = self._frozen if self._frozen is not None else self.ternary()
+        q = self.quantized()
         return self.apply_ternary(x, q)
 
     def apply_ternary(self, x: torch.Tensor, q: Ternary) -> torch.Tensor:
@@ -138,7 +143,7 @@ class BitLinear(nn.Module):
         if x.shape[-1] != self.in_features or self.act_bits is not None:
             raise ShapeError(f"x: last axis must be in_features={self.in_features} (and no "
                              f"act_bits), got shape {list(x.shape)}")
-        q = self._frozen if self._frozen is not None else self.ternary()
+        q = self.quantized()
         M, out = self.banks, self.out_features
         y = torch.nn.functional.linear(x, q.codes.reshape(M * out, self.in_features))
         y = y.unflatten(-1, (M, out)) * q.scale.reshape(-1, 1)
@@ -151,12 +156,31 @@ class BitLinear(nn.Module):
             raise ParameterError(f"fmt: unknown packing {fmt!r}; choose one of {list(PACKERS)}")
         if self.quant == "float":
             raise ParameterError("quant: a float BitLinear has no ternary codes to pack")
-        q = self.ternary()
+        q = self.quantized()
         out = {"codes": pack(q.codes.detach()), "scale": q.scale.detach().clone(),
                "shape": torch.tensor(list(self.weight.shape), dtype=torch.int64)}
         if self.bias is not None:
             out["bias"] = self.bias.detach().clone()
         return out
+
+    @torch.no_grad()
+    def load_packed(self, packed: dict[str, torch.Tensor], fmt: str = "2bit") -> "BitLinear":
+        """Freeze the layer to the codes and scale of :meth:`export_packed` output (a compiled
+        model's weights); the master weight is set to ``scale * codes`` as well."""
+        _, unpack = PACKERS[fmt] if fmt in PACKERS else (None, None)
+        if unpack is None:
+            raise ParameterError(f"fmt: unknown packing {fmt!r}; choose one of {list(PACKERS)}")
+        shape = tuple(int(n) for n in packed["shape"])
+        if shape != tuple(self.weight.shape):
+            raise ShapeError(f"packed: shape {list(shape)} does not match the layer's "
+                             f"{list(self.weight.shape)}")
+        codes = unpack(packed["codes"], shape, dtype=self.weight.dtype)
+        scale = packed["scale"].to(self.weight.dtype)
+        self.weight.copy_(codes * scale)
+        if self.bias is not None and "bias" in packed:
+            self.bias.copy_(packed["bias"])
+        self._frozen = Ternary(codes, scale)
+        return self
 
     def extra_repr(self) -> str:
         b = f", banks={self.banks}" if self.banks is not None else ""

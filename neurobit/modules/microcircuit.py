@@ -88,7 +88,7 @@ class MicroCircuit(nn.Module):
         the input GEMM over a sequence); ``q_rec``: ``w_rec.ternary()`` quantized once."""
         u = u_in
         if self.w_rec is not None:
-            q_rec = q_rec if q_rec is not None else self.w_rec.ternary()
+            q_rec = q_rec if q_rec is not None else self.w_rec.quantized()
             u = u + self.w_rec.apply_ternary(state.lif.s, q_rec)
         if feedback is not None:
             u = u + feedback
@@ -111,7 +111,7 @@ class MicroCircuit(nn.Module):
             spikes, lif_state = self.lif(u_in, state.lif)
             state = MicroCircuitState(lif_state)
         else:
-            q_rec = self.w_rec.ternary()  # quantize once per sequence, not per step
+            q_rec = self.w_rec.quantized()  # quantize once per sequence, not per step
             out = []
             for u in u_in.unbind(0):
                 _, s, state = self.step_from_current(u, state, None, q_rec)

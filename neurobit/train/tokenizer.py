@@ -344,3 +344,17 @@ def load_tokenizer(path: str | Path) -> CharTokenizer | BPETokenizer:
     if isinstance(obj.get("model"), dict) and obj["model"].get("type") == "BPE":
         return BPETokenizer.load(path)
     raise ParameterError(f"path: {path} is neither a character nor a BPE tokenizer")
+
+
+def tokenizer_from_json(text: str) -> CharTokenizer | BPETokenizer:
+    """A tokenizer from the JSON text of its file (as stored inside a compiled model)."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ParameterError(f"tokenizer: not JSON ({exc})") from None
+    if isinstance(obj, dict) and obj.get("type") == "char" and isinstance(obj.get("chars"), list):
+        return CharTokenizer(obj["chars"])
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) \
+            and obj["model"].get("type") == "BPE":
+        return BPETokenizer(_tokenizers_lib().Tokenizer.from_str(text))
+    raise ParameterError("tokenizer: neither a character nor a BPE tokenizer")

@@ -11,12 +11,7 @@ from neurobit.models.lm_config import GPTConfig
 V = 19
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def make(**kw):
@@ -98,3 +93,29 @@ def test_gpt_matching_within_5_percent(target):
 def test_gpt_matching_impossible_target():
     with pytest.raises(ParameterError, match="n_params_target"):
         gpt_matching(100, 65)
+
+
+def test_kv_cache_preallocated_appends_and_branches():
+    """Generation appends into a doubling buffer: step-by-step logits equal the full pass, the
+    buffer is reused (O(1) appends), and a state branched twice gives each branch its own data."""
+    torch.manual_seed(0)
+    from neurobit.models.gpt import GPT
+    from neurobit.models.lm_config import GPTConfig
+    m = GPT(GPTConfig(vocab_size=11, n_word_buckets=0, d_model=16, n_layers=2, n_heads=2)).double()
+    x = torch.randint(0, 11, (2, 40))
+    with torch.no_grad():
+        full = m(x)
+        lg, st = m.run(x[:, :7])
+        outs = [lg]
+        for t in range(7, 40):
+            lg, st = m.step(x[:, t], None, st)
+            outs.append(lg[:, None])
+        assert (torch.cat(outs, 1) - full).abs().max() < 1e-10
+        store = st.caches[0].store
+        assert store is not None and store.k.shape[2] >= 40 and store.filled == 40
+        # branching: two continuations of one state do not see each other's tokens
+        _, base = m.run(x[:, :10])
+        a, _ = m.step(x[:, 10], None, base)
+        b, _ = m.step((x[:, 10] + 1) % 11, None, base)
+        a2, _ = m.step(x[:, 10], None, base)
+    assert torch.equal(a, a2) and not torch.equal(a, b)

@@ -17,7 +17,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from neurobit.cli import app, lm_step_fn
+from neurobit.cli import app
+from neurobit.train.lm_step import lm_step_fn
 from neurobit.decode import CollapseDetector
 from neurobit.train.checkpoint import load_checkpoint, load_model
 from neurobit.train.run_config import load_run_file

@@ -1,0 +1,169 @@
+"""CompiledBrainLM: a frozen BrainLM for inference, with a fused per-token generation kernel.
+
+``CompiledBrainLM(model)`` takes a :class:`neurobit.models.brain_lm.BrainLM` whose ternary
+layers are frozen (quantized once: codes and scales, as loaded from a compiled file) and
+offers the interface generation uses (``cfg``, ``initial_state``, ``run``, ``step``) with the
+same :class:`BrainLMState`:
+
+- ``run`` over several tokens (prompt processing) is the reference forward pass with frozen
+  weights and no autograd: input projections batched over time into one GEMM per block, the
+  LIF scan and recurrence fused (numba), the hub's attention batched over steps;
+- one token (generation) runs each block as one numba kernel
+  (:func:`neurobit.compile.brain_kernels.brain_block_token`) on float32/64 arrays prepared once:
+  no per-token quantization, no torch dispatch inside a block, no autograd bookkeeping.
+
+Supported: the spiking circuits + CorticalHub variant (``neuron: lif``, ``ffn: circuits``,
+``mixer: hub``, no hub feedback); others raise :class:`ParameterError` naming the field.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from neurobit.compile.brain_kernels import brain_block_token
+from neurobit.errors import ParameterError, ShapeError
+from neurobit.functional.lif import LIFState
+from neurobit.models.brain_lm import BrainBlockState, BrainLM, BrainLMState
+from neurobit.modules.cortical_hub import HubState
+from neurobit.modules.microcircuit import MicroCircuitState
+
+
+class _BlockArrays(NamedTuple):
+    """Frozen arrays of one block in the kernel's layouts (see brain_block_token)."""
+
+    w_norm: np.ndarray
+    eps: float
+    codes_in: np.ndarray
+    sc_in: np.ndarray
+    codes_rec_t: np.ndarray
+    sc_rec: np.ndarray
+    alpha: np.ndarray
+    theta: np.ndarray
+    beta: np.ndarray
+    codes_out: np.ndarray
+    sc_out: np.ndarray
+    codes_q: np.ndarray
+    sc_q: float
+    codes_k: np.ndarray
+    sc_k: float
+    codes_v: np.ndarray
+    sc_v: float
+    codes_g: np.ndarray
+    sc_g: float
+    use_fw: bool
+    lam: float
+    eta: float
+    clip: float
+    score_scale: float
+    group_size: int
+
+
+def check_compilable(model: BrainLM) -> None:
+    """Raise naming the config field when ``model`` is a variant the kernel does not cover."""
+    cfg = model.cfg
+    for field, want in (("neuron", "lif"), ("ffn", "circuits"), ("mixer", "hub"),
+                        ("hub_feedback", False)):
+        if getattr(cfg, field) != want:
+            raise ParameterError(f"model.{field}: the compiled BrainLM supports {field}="
+                                 f"{want!r} only, got {getattr(cfg, field)!r}")
+    for i, blk in enumerate(model.blocks):
+        if blk.hub.inhibition != "none" or not blk.hub.layout.contiguous:
+            raise ParameterError(f"blocks.{i}.hub: the compiled kernel needs equal contiguous "
+                                 "groups and no inhibition")
+
+
+def _np(x: torch.Tensor, dtype) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().to(dtype).numpy())
+
+
+def _frozen(layer):
+    q = layer.quantized()
+    return q.codes.detach(), q.scale.detach()
+
+
+def _block_arrays(blk, dtype) -> _BlockArrays:
+    C, N = blk.cfg.n_circuits, blk.cfg.n_units
+    f = np.dtype(str(dtype).replace("torch.", "")).type
+    per = lambda x: _np(torch.as_tensor(x, dtype=dtype).expand(C, N), dtype)
+    p = blk.bank.lif.params
+    c_in, s_in = _frozen(blk.bank.w_in)
+    c_rec, s_rec = _frozen(blk.bank.w_rec)
+    c_out, s_out = _frozen(blk.readout)
+    hub = blk.hub
+    qs = {n: _frozen(getattr(hub, n)) for n in ("w_q", "w_k", "w_v", "w_g")}
+    sc = lambda s: f(float(s.reshape(-1)[0]))
+    bank_sc = lambda s: _np(s.reshape(-1).expand(C), dtype)
+    eps = blk.norm.eps if blk.norm.eps is not None else torch.finfo(dtype).eps
+    return _BlockArrays(
+        _np(blk.norm.weight, dtype), f(eps), _np(c_in, dtype), bank_sc(s_in),
+        _np(c_rec.transpose(1, 2), dtype), bank_sc(s_rec), per(p.alpha), per(p.theta),
+        per(p.reset), _np(c_out, dtype), bank_sc(s_out),
+        _np(qs["w_q"][0], dtype), sc(qs["w_q"][1]), _np(qs["w_k"][0], dtype), sc(qs["w_k"][1]),
+        _np(qs["w_v"][0], dtype), sc(qs["w_v"][1]), _np(qs["w_g"][0], dtype), sc(qs["w_g"][1]),
+        bool(hub.use_fast_weights), f(hub.lam), f(hub.eta), f(hub.clip),
+        f(hub.scale if hub.scale is not None else 1.0 / math.sqrt(hub.d_key)),
+        int(hub.layout.group_size))
+
+
+class CompiledBrainLM(torch.nn.Module):
+    """A frozen BrainLM with the fused generation kernel; see the module docstring."""
+
+    def __init__(self, model: BrainLM):
+        super().__init__()
+        check_compilable(model)
+        for layer in model.modules():
+            if hasattr(layer, "freeze") and getattr(layer, "_frozen", 1) is None:
+                layer.freeze()
+        model.eval()
+        self.ref = model
+        self.cfg = model.cfg
+        self.dtype = model.head.weight.dtype
+        self._blocks = [_block_arrays(b, self.dtype) for b in model.blocks]
+
+    def initial_state(self, batch_size: int, device=None) -> BrainLMState:
+        return self.ref.initial_state(batch_size, device)
+
+    @torch.no_grad()
+    def run(self, tokens: torch.Tensor, word_ids: torch.Tensor | None = None,
+            state: BrainLMState | None = None) -> tuple[torch.Tensor, BrainLMState]:
+        """Logits ``[B, T, V]``; T = 1 uses the per-token kernel, longer inputs the batched
+        reference pass (both continue ``state``; None: cleared)."""
+        if tokens.dim() != 2:
+            raise ShapeError(f"tokens: expected [B, T], got {list(tokens.shape)}")
+        if tokens.shape[1] != 1:
+            return self.ref.run(tokens, word_ids, state)
+        if state is None:
+            state = self.initial_state(tokens.shape[0])
+        x = self.ref.embed(tokens, word_ids, state.pos)[:, 0].to(self.dtype).contiguous()
+        xa = x.numpy()
+        new = []
+        for arr, st in zip(self._blocks, state.blocks):
+            v = st.circuits.lif.v.clone()
+            s = st.circuits.lif.s.clone()
+            M = st.hub.M.clone()
+            g = torch.empty_like(st.hub.g)
+            brain_block_token(xa, arr.w_norm, arr.eps, arr.codes_in, arr.sc_in,
+                              arr.codes_rec_t, arr.sc_rec, arr.alpha, arr.theta, arr.beta,
+                              self.cfg.spike_steps, v.numpy(), s.numpy(), arr.codes_out,
+                              arr.sc_out, arr.codes_q, arr.sc_q, arr.codes_k, arr.sc_k,
+                              arr.codes_v, arr.sc_v, arr.codes_g, arr.sc_g, M.numpy(),
+                              arr.use_fw, arr.lam, arr.eta, arr.clip, arr.score_scale,
+                              arr.group_size, g.numpy())
+            new.append(BrainBlockState(MicroCircuitState(LIFState(v, s)), HubState(M, g),
+                                       None, None))
+        logits = self.ref.head(self.ref.norm(x))[:, None]
+        return logits, BrainLMState(tuple(new), state.pos + 1)
+
+    def step(self, token: torch.Tensor, word_id: torch.Tensor | None,
+             state: BrainLMState) -> tuple[torch.Tensor, BrainLMState]:
+        if token.dim() != 1:
+            raise ShapeError(f"token: expected [B], got {list(token.shape)}")
+        logits, state = self.run(token[:, None], None if word_id is None else word_id[:, None],
+                                 state)
+        return logits[:, 0], state
+
+    def forward(self, tokens: torch.Tensor, word_ids: torch.Tensor | None = None):
+        return self.run(tokens, word_ids)[0]
