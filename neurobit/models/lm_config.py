@@ -6,6 +6,8 @@ checkpoint (``config.yaml``). The model section is discriminated by ``kind``:
 
 - ``kind: brain``  -> :class:`neurobit.models.brain_lm.BrainLM`
 - ``kind: gpt``    -> :class:`neurobit.models.gpt.GPT`
+- ``kind: moie | dynsiha | bit_ttt | bit_llama`` -> :class:`neurobit.models.variant_lm.VariantLM`
+  (the other seed designs as blocks; configs in :mod:`neurobit.models.variant_config`)
 
 Each BrainLM layer has a switch to its standard counterpart (for ablations):
 
@@ -22,19 +24,9 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import Field, model_validator
 
 from neurobit._schema import PositiveFloat, PositiveInt, Strict  # noqa: F401 (re-exported)
-
-NonNegInt = Annotated[int, Field(ge=0)]
-
-
-class EmbeddingFields(Strict):
-    """Fields shared by both models' input embedding (:class:`HierarchicalEmbedding`)."""
-
-    vocab_size: PositiveInt = Field(description="number of token (character) ids")
-    n_word_buckets: NonNegInt = Field(
-        512, description="word-id embedding rows; word ids are taken modulo this (0: off)")
-    d_model: PositiveInt = Field(128, description="residual stream width d")
-    n_layers: PositiveInt = Field(2, description="number of blocks")
-
+from neurobit.models.config_base import EmbeddingFields, NonNegInt
+from neurobit.models.variant_config import (BitLlamaConfig, BitTTTConfig, DynSIHAConfig,
+                                            MoIEConfig)
 
 class BrainLMConfig(EmbeddingFields):
     """BrainLM: embedding -> n_layers BrainBlocks -> RMSNorm -> head.
@@ -109,7 +101,8 @@ class GPTConfig(EmbeddingFields):
         return self
 
 
-ModelConfig = Annotated[Union[BrainLMConfig, GPTConfig], Field(discriminator="kind")]
+ModelConfig = Annotated[Union[BrainLMConfig, GPTConfig, MoIEConfig, DynSIHAConfig, BitTTTConfig,
+                              BitLlamaConfig], Field(discriminator="kind")]
 
 
 class TrainConfig(Strict):
@@ -118,6 +111,11 @@ class TrainConfig(Strict):
     steps: PositiveInt = Field(1000, description="total optimizer steps (sets the schedule)")
     batch_size: PositiveInt = Field(16, description="global batch (split across processes)")
     block_size: PositiveInt = Field(64, description="tokens per training sequence T")
+    max_seconds: Optional[PositiveFloat] = Field(
+        None, description="wall-clock budget of the training steps (evaluation and checkpoints "
+        "not counted): training stops when it is spent, and the cosine schedule follows the "
+        "fraction of the budget used instead of the step count (steps stays an upper bound). "
+        "Runs with a budget are not bit-reproducible (the schedule depends on timing)")
     lr: PositiveFloat = 3e-3
     min_lr: Annotated[float, Field(ge=0)] = 3e-4
     warmup_steps: NonNegInt = 50

@@ -37,7 +37,7 @@ from neurobit.errors import ConfigError, NeurobitError
 from neurobit.models.lm_config import ModelConfig, Strict, TrainConfig
 
 SECTIONS = ("model", "train", "data")
-MODEL_KINDS = ("brain", "gpt")
+MODEL_KINDS = ("brain", "gpt", "moie", "dynsiha", "bit_ttt", "bit_llama")
 DEFAULT_BPE_VOCAB = 1024
 _VOCAB_PLACEHOLDER = 1
 _NAMED = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*): (.+)$", re.S)
