@@ -132,9 +132,16 @@ class Engine:
     def _chunk_drive(self, t0: int, k: int) -> dict[str, torch.Tensor]:
         """stimulus + the state-independent part of synapse for steps [t0, t0+k)."""
         net = self.net
-        if self.stepper == "fused":  # views into one [k, trials, all units] buffer
+        x = {n: s.chunk(t0, k) for n, s in net.stimuli.items()}
+        rows = k
+        if self.stepper == "fused":  # views into one [k or 1, trials, all units] buffer
             lay = self._layout
-            shape = (k, self.trials, lay.n_total)
+            # the same drive at every step of the chunk (constant currents, no spike sources):
+            # stored once, the kernel reads row 0 every step
+            if not self._stim_proj and all(bool((x[s.name] == x[s.name][:1]).all())
+                                           for s in self._currents):
+                rows = 1
+            shape = (rows, self.trials, lay.n_total)
             buf = getattr(self, "_drive_all", None)
             if buf is None or tuple(buf.shape) != shape or buf.dtype != net.dtype:
                 self._drive_all = torch.zeros(shape, dtype=net.dtype)
@@ -145,12 +152,11 @@ class Engine:
         else:
             drive = {n: torch.zeros((k, self.trials, *p.state_shape), dtype=net.dtype)
                      for n, p in net.populations.items()}
-        x = {n: s.chunk(t0, k) for n, s in net.stimuli.items()}
         for proj in self._stim_proj:
             drive[proj.cfg.target] += proj.spikes(x[proj.cfg.source])  # sources emit 0/1
         for s in self._currents:
             tgt = drive[s.stim.target]
-            tgt += x[s.name].view(k, self.trials, *([1] * (tgt.dim() - 2)))
+            tgt += x[s.name][:rows].view(rows, self.trials, *([1] * (tgt.dim() - 2)))
         return drive
 
     def _run_chunk(self, t0, k, states, sink: Sink, summary: RunSummary):

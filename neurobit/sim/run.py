@@ -47,12 +47,21 @@ def build_engine(cfg: CircuitConfig) -> Engine:
 def simulate(cfg: CircuitConfig, out: str | Path, *, force: bool = False,
              progress: Callable[[int], None] | None = None) -> RunSummary:
     """Run ``cfg`` and write ``out`` (SONATA HDF5). Refuses an existing ``out`` unless ``force``."""
+    return run_to_file(build_engine(cfg), out, force=force, progress=progress)
+
+
+def run_to_file(engine: Engine, out: str | Path, *, force: bool = False,
+                progress: Callable[[int], None] | None = None,
+                extra: dict | None = None) -> RunSummary:
+    """Run a built engine and write ``out``: metadata (resolved config, seed, versions, and
+    ``extra``), every monitor and block signal, streamed in chunks, then the complete flag."""
     from neurobit.record import RunWriter
 
-    engine = build_engine(cfg)
+    cfg = engine.net.cfg
     with RunWriter(out, overwrite=force, chunk_steps=cfg.chunk_steps) as w:
         w.write_metadata(config_yaml=resolved_yaml(cfg), seed=cfg.seed, dt_ms=cfg.dt_ms,
-                         n_steps=engine.n_steps, n_trials=cfg.trials, versions=versions())
+                         n_steps=engine.n_steps, n_trials=cfg.trials, versions=versions(),
+                         extra=extra)
         for name in cfg.monitors.spikes:
             w.add_spike_population(name, population_units(cfg, name))
         for m in engine.state_monitors:
