@@ -39,7 +39,8 @@ def validate(config: Path = typer.Argument(..., help="circuit YAML file"),
 
 
 @app.command()
-def simulate(config: Path = typer.Argument(..., help="circuit YAML file"),
+def simulate(config: Path = typer.Argument(..., help="circuit YAML file, or a compiled circuit "
+                                           "written by `neurobit compile CIRCUIT.yaml`"),
              output: Optional[Path] = typer.Option(None, "-o", "--output", help="output .h5"),
              set_: Optional[List[str]] = typer.Option(None, "--set", help="KEY.PATH=VALUE override"),
              force: bool = typer.Option(False, "--force", help="overwrite an existing output"),
@@ -47,8 +48,14 @@ def simulate(config: Path = typer.Argument(..., help="circuit YAML file"),
     """Simulate a circuit file and record spikes/state to HDF5 (SONATA layout)."""
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
+    from neurobit.compile.artifact import is_compiled
     try:
-        cfg = _load(config, set_ or [])
+        compiled = is_compiled(config)
+        if compiled:
+            from neurobit.compile.circuit import load_compiled_circuit, simulate_compiled
+            cfg = load_compiled_circuit(config, set_ or [])
+        else:
+            cfg = _load(config, set_ or [])
         out = output or (Path(cfg.output) if cfg.output else Path(config).with_suffix(".h5"))
         if out.exists() and not force:
             _fail(f"{out}: output exists; use --force to overwrite it")
@@ -61,7 +68,12 @@ def simulate(config: Path = typer.Argument(..., help="circuit YAML file"),
                       TimeElapsedColumn(), TimeRemainingColumn(), disable=quiet,
                       transient=False) as bar:
             task = bar.add_task(f"simulate {cfg.name}", total=n_steps)
-            summary = run_sim(cfg, out, force=force, progress=lambda k: bar.advance(task, k))
+            advance = lambda k: bar.advance(task, k)  # noqa: E731
+            if compiled:
+                summary = simulate_compiled(config, out, force=force, overrides=set_ or [],
+                                            progress=advance)
+            else:
+                summary = run_sim(cfg, out, force=force, progress=advance)
     except NeurobitError as e:
         _fail(str(e))
     except OSError as e:  # e.g. an unwritable output folder
@@ -251,23 +263,28 @@ def _describe_event(ev, attempt: int, tok) -> str:
 
 
 @app.command("compile")
-def compile_(checkpoint: Path = typer.Argument(..., help="language-model run directory or "
-                                               "ckpt_* directory"),
+def compile_(checkpoint: Path = typer.Argument(..., help="language-model run directory, "
+                                               "ckpt_* directory, or circuit YAML file"),
              output: Path = typer.Option(..., "-o", "--output", help="compiled model file"),
              packing: str = typer.Option("2bit", "--packing", help="2bit | trit5"),
              force: bool = typer.Option(False, "--force", help="overwrite OUTPUT")):
-    """Lower a trained model to a frozen inference file: ternary weights packed, scales and
-    config stored, tokenizer included. `neurobit generate OUTPUT` runs it (BrainLM: fused
-    per-token kernel)."""
+    """Lower a trained model or a circuit to a frozen inference file: ternary weights packed,
+    scales and config stored (tokenizer included for language models). `neurobit generate
+    OUTPUT` runs a compiled language model (BrainLM: fused per-token kernel), `neurobit
+    simulate OUTPUT` a compiled circuit (fused stepper)."""
     from neurobit.compile.artifact import ternary_storage
     from neurobit.compile.lm import compile_checkpoint
     try:
-        _require_checkpoint_dir(checkpoint)
         if output.exists() and not force:
             _fail(f"{output}: exists; pass --force to overwrite")
         if packing not in ("2bit", "trit5"):
             _fail(f"--packing: unknown {packing!r}; choose 2bit or trit5")
-        path = compile_checkpoint(checkpoint, output, packing)
+        if checkpoint.is_file() and checkpoint.suffix in (".yaml", ".yml"):
+            from neurobit.compile.circuit import compile_circuit
+            path = compile_circuit(checkpoint, output, packing)
+        else:
+            _require_checkpoint_dir(checkpoint)
+            path = compile_checkpoint(checkpoint, output, packing)
         st = ternary_storage(path)
     except NeurobitError as e:
         _fail(str(e))
