@@ -355,6 +355,95 @@ def generate(checkpoint: Path = typer.Argument(..., help="run directory, ckpt_* 
                err=True)
 
 
+# ------------------------------------------------------------------------- continual learning
+
+@app.command()
+def learn(checkpoint: Path = typer.Argument(..., help="language-model run or ckpt_* directory"),
+          data: Path = typer.Option(..., "--data", help="UTF-8 text file: the session's "
+                                    "experience"),
+          sessions_dir: Optional[Path] = typer.Option(
+              None, "--sessions-dir", help="the model instance's directory (lifecycle log, "
+              "episodes, incremental checkpoints); default CHECKPOINT/lifecycle"),
+          session: Optional[str] = typer.Option(None, "--session", help="session name "
+                                                "(default session-<n>)"),
+          window: Optional[int] = typer.Option(None, "--window", min=1,
+                                               help="tokens per window (default: block size)"),
+          max_windows: int = typer.Option(256, "--max-windows", min=1),
+          select: int = typer.Option(192, "--select", min=1, help="episodes replayed"),
+          old_sequences: int = typer.Option(256, "--old-sequences", min=0,
+                                            help="windows of the original training data "
+                                            "replayed (0: none)"),
+          rank: int = typer.Option(8, "--rank", min=1, help="adapter rank (first session)"),
+          lr: float = typer.Option(5e-3, "--lr"),
+          max_lr: float = typer.Option(1e-2, "--max-lr", help="hard ceiling of --lr"),
+          steps: int = typer.Option(40, "--steps", min=0, help="optimizer steps"),
+          batch_size: int = typer.Option(16, "--batch-size", min=1),
+          replay_ratio: float = typer.Option(0.5, "--replay-ratio",
+                                             help="share of each batch from old data"),
+          min_interval: float = typer.Option(0.0, "--min-interval",
+                                             help="seconds between consolidations"),
+          seed: int = typer.Option(0, "--seed"),
+          export: Optional[Path] = typer.Option(
+              None, "--export", help="also write the learned model, adapters merged into the "
+              "ternary weights, as a run directory for `neurobit generate`")):
+    """One session of experience and consolidation: store the text's windows as episodes
+    (loss, surprise, ACC signals, state), replay the valuable ones plus old training data into
+    low-rank adapters (bounded lr, scaled by prediction integrity), checkpoint incrementally,
+    log the update. `neurobit history CHECKPOINT` shows the log. The defaults are the
+    adapters arm of analysis/continual (results/continual.md)."""
+    from neurobit.memory.consolidation import ConsolidationConfig
+    from neurobit.memory.session import (SessionConfig, export_merged, read_text_file,
+                                         run_session, summary_lines)
+    try:
+        _require_checkpoint_dir(checkpoint)
+        if export is not None and export.exists() and (not export.is_dir()
+                                                       or any(export.iterdir())):
+            _fail(f"--export: {export} exists and is not an empty directory")
+        text = read_text_file(data)
+        ccfg = ConsolidationConfig(lr=lr, max_lr=max_lr, max_steps=steps, batch_size=batch_size,
+                                   replay_ratio=replay_ratio, min_interval_s=min_interval,
+                                   seed=seed)
+        cfg = SessionConfig(window=window, max_windows=max_windows, select=select,
+                            old_sequences=old_sequences, rank=rank, seed=seed,
+                            consolidation=ccfg, session=session)
+        res = run_session(checkpoint, text, cfg, root=sessions_dir, source=str(data))
+        exported = (export_merged(checkpoint, export, sessions_dir) if export is not None
+                    else None)
+    except NeurobitError as e:
+        msg = str(e).splitlines()[0]
+        name = msg.split(":", 1)[0]
+        if name in ("lr", "max_lr", "replay_ratio", "batch_size", "min_interval_s"):
+            msg = "--" + name.removesuffix("_s").replace("_", "-") + msg[len(name):]
+        _fail(msg)
+    except OSError as e:
+        _fail(f"{e.filename or sessions_dir}: {e.strerror or e}")
+    typer.echo("\n".join(summary_lines(res)))
+    if exported is not None:
+        path, flipped, n = exported
+        typer.echo(f"exported {path} (adapters merged, {flipped:,} of {n:,} ternary codes "
+                   f"changed): neurobit generate {export} --prompt ...")
+
+
+@app.command()
+def history(checkpoint: Path = typer.Argument(..., help="language-model checkpoint directory "
+                                              "(or the instance directory itself)"),
+            sessions_dir: Optional[Path] = typer.Option(
+                None, "--sessions-dir", help="the model instance's directory; default "
+                "CHECKPOINT/lifecycle")):
+    """Print the lifecycle log of a model instance: one line per update."""
+    from neurobit.memory.lifecycle import IDENTITY, history_lines
+    root = sessions_dir or (checkpoint if (checkpoint / IDENTITY).is_file()
+                            else checkpoint / "lifecycle")
+    if not (root / IDENTITY).is_file():
+        _fail(f"{root}: no model instance here (run `neurobit learn {checkpoint} --data FILE` "
+              "first)")
+    try:
+        lines = history_lines(root)
+    except NeurobitError as e:
+        _fail(str(e).splitlines()[0])
+    typer.echo("\n".join(lines))
+
+
 def main() -> None:  # console script entry point
     try:
         app()
