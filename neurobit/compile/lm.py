@@ -12,7 +12,7 @@ from pathlib import Path
 
 from neurobit.compile.artifact import read_compiled, write_compiled
 from neurobit.compile.brain_lm import CompiledBrainLM, check_compilable
-from neurobit.errors import NeurobitError
+from neurobit.errors import BackendError, NeurobitError
 from neurobit.models.brain_lm import build_model
 from neurobit.models.lm_config import BrainLMConfig, GPTConfig
 
@@ -42,10 +42,24 @@ def compile_checkpoint(checkpoint: str | Path, out: str | Path, packing: str = "
                           _tokenizer_json(checkpoint), packing, source=str(checkpoint))
 
 
-def load_compiled_lm(path: str | Path):
-    """``(model, tokenizer or None)`` of a compiled language model."""
+BACKENDS = ("cpu", "reference")
+
+
+def load_compiled_lm(path: str | Path, backend: str = "cpu"):
+    """``(model, tokenizer or None)`` of a compiled language model.
+
+    ``backend``: ``cpu`` (BrainLM: the fused numba generation kernel) or ``reference`` (the
+    frozen torch modules, the oracle). ``cuda`` (Triton kernels) is not built: no GPU was
+    available to develop and test it; asking for it raises :class:`BackendError`.
+    """
     from neurobit.train.tokenizer import tokenizer_from_json
+    if backend == "cuda":
+        raise BackendError("backend: cuda (Triton) kernels are not implemented in this build; "
+                           "use cpu or reference")
+    if backend not in BACKENDS:
+        raise BackendError(f"backend: unknown {backend!r}; choose one of {list(BACKENDS)}")
     cf = read_compiled(path, _build)
-    model = CompiledBrainLM(cf.model) if cf.meta["kind"] == "brain" else cf.model
+    brain = cf.meta["kind"] == "brain" and backend == "cpu"
+    model = CompiledBrainLM(cf.model) if brain else cf.model
     tok = tokenizer_from_json(cf.tokenizer_json) if cf.tokenizer_json else None
     return model, tok

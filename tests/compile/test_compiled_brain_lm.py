@@ -61,7 +61,12 @@ def test_generation_kernel_matches_reference_step(tmp_path):
             lr, sr = m.step(toks[:, t], words[:, t], sr)
             lc, sc = cm.step(toks[:, t], words[:, t], sc)
             for br, bc in zip(sr.blocks, sc.blocks):
-                flips += int((br.circuits.lif.s != bc.circuits.lif.s).sum())
+                flip = br.circuits.lif.s != bc.circuits.lif.s
+                # the first flipped spikes sit at threshold ties: the membranes straddle theta
+                # (= 1 here) by rounding only; later ones follow from the first
+                margin = (br.circuits.lif.v[flip] - 1.0).abs()
+                assert flips > 0 or margin.numel() == 0 or float(margin.max()) < 1e-4
+                flips += int(flip.sum())
                 total += br.circuits.lif.s.numel()
                 spikes += int(br.circuits.lif.s.sum())
             if flips == 0:
@@ -115,3 +120,30 @@ def test_unsupported_variants_and_bad_files(tmp_path):
     bad.write_bytes(b"not a model")
     with pytest.raises(NeurobitError, match="not a neurobit compiled model"):
         read_compiled(bad, _build)
+
+
+def test_backends_of_a_compiled_file(tmp_path):
+    """One file, two backends behind one loader: the fused cpu kernel and the frozen reference
+    modules give the same greedy continuation; unknown or unavailable backends are refused."""
+    from neurobit.compile.lm import load_compiled_lm
+    from neurobit.errors import BackendError
+    m, cfg = trained_model(n_layers=1)
+    path = write_compiled(tmp_path / "m.nbc", m, "brain", cfg.model_dump_json())
+    cpu, _ = load_compiled_lm(path, "cpu")
+    ref, _ = load_compiled_lm(path, "reference")
+    assert isinstance(cpu, CompiledBrainLM) and isinstance(ref, BrainLM)
+    tok = torch.tensor([3])
+    outs = []
+    for model in (cpu, ref):
+        st, seq = model.initial_state(1), []
+        with torch.no_grad():
+            for _ in range(40):
+                lg, st = model.step(tok, None, st)
+                tok = lg.argmax(-1)
+                seq.append(int(tok))
+        outs.append(seq)
+        tok = torch.tensor([3])
+    assert outs[0] == outs[1]
+    for bad in ("cuda", "tpu"):
+        with pytest.raises(BackendError, match="backend"):
+            load_compiled_lm(path, bad)
