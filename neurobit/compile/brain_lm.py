@@ -122,6 +122,35 @@ class CompiledBrainLM(torch.nn.Module):
         self.cfg = model.cfg
         self.dtype = model.head.weight.dtype
         self._blocks = [_block_arrays(b, self.dtype) for b in model.blocks]
+        emb = model.embed
+        self._char = emb.char.weight.detach().numpy()
+        self._word = emb.word.weight.detach().numpy() if emb.word is not None else None
+        self._plain_embedding = emb.position == "none"
+        self._norm_w = model.norm.weight.detach().numpy()
+        self._norm_eps = (model.norm.eps if model.norm.eps is not None
+                          else torch.finfo(self.dtype).eps)
+        self._head_wt = np.ascontiguousarray(model.head.effective_weight().numpy().T)
+        self._head_b = None if model.head.bias is None else model.head.bias.detach().numpy()
+
+    def _embed_token(self, tokens: torch.Tensor, word_ids, pos: int) -> np.ndarray:
+        """``[B, d]`` embedding of one token per sequence (numpy; the reference embedding when
+        it has positions)."""
+        if not self._plain_embedding:
+            return self.ref.embed(tokens, word_ids, pos)[:, 0].to(self.dtype).numpy().copy()
+        ids = tokens[:, 0].numpy()
+        if ids.min() < 0 or ids.max() >= self._char.shape[0]:
+            raise ParameterError(f"tokens: ids must lie in [0, {self._char.shape[0]}), got "
+                                 f"{int(ids.min())}..{int(ids.max())}")
+        x = self._char[ids]
+        if word_ids is not None and self._word is not None:
+            x = x + self._word[np.remainder(word_ids[:, 0].numpy(), self._word.shape[0])]
+        return np.ascontiguousarray(x, dtype=self._char.dtype)
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        """Final RMSNorm and head, ``[B, d] -> [B, V]``."""
+        r = 1.0 / np.sqrt((x * x).mean(-1, keepdims=True) + self._norm_eps)
+        y = ((x * r.astype(x.dtype)) * self._norm_w) @ self._head_wt
+        return y if self._head_b is None else y + self._head_b
 
     def initial_state(self, batch_size: int, device=None) -> BrainLMState:
         return self.ref.initial_state(batch_size, device)
@@ -137,24 +166,24 @@ class CompiledBrainLM(torch.nn.Module):
             return self.ref.run(tokens, word_ids, state)
         if state is None:
             state = self.initial_state(tokens.shape[0])
-        x = self.ref.embed(tokens, word_ids, state.pos)[:, 0].to(self.dtype).contiguous()
-        xa = x.numpy()
+        xa = self._embed_token(tokens, word_ids, state.pos)
         new = []
-        for arr, st in zip(self._blocks, state.blocks):
-            v = st.circuits.lif.v.clone()
-            s = st.circuits.lif.s.clone()
-            M = st.hub.M.clone()
-            g = torch.empty_like(st.hub.g)
+        for arr, st in zip(self._blocks, state.blocks):   # copies: states stay immutable
+            v = st.circuits.lif.v.numpy().copy()
+            s = st.circuits.lif.s.numpy().copy()
+            M = st.hub.M.numpy().copy()
+            g = np.empty_like(st.hub.g.numpy())
             brain_block_token(xa, arr.w_norm, arr.eps, arr.codes_in, arr.sc_in,
                               arr.codes_rec_t, arr.sc_rec, arr.alpha, arr.theta, arr.beta,
-                              self.cfg.spike_steps, v.numpy(), s.numpy(), arr.codes_out,
+                              self.cfg.spike_steps, v, s, arr.codes_out,
                               arr.sc_out, arr.codes_q, arr.sc_q, arr.codes_k, arr.sc_k,
-                              arr.codes_v, arr.sc_v, arr.codes_g, arr.sc_g, M.numpy(),
+                              arr.codes_v, arr.sc_v, arr.codes_g, arr.sc_g, M,
                               arr.use_fw, arr.lam, arr.eta, arr.clip, arr.score_scale,
-                              arr.group_size, g.numpy())
-            new.append(BrainBlockState(MicroCircuitState(LIFState(v, s)), HubState(M, g),
-                                       None, None))
-        logits = self.ref.head(self.ref.norm(x))[:, None]
+                              arr.group_size, g)
+            t = torch.from_numpy
+            new.append(BrainBlockState(MicroCircuitState(LIFState(t(v), t(s))),
+                                       HubState(t(M), t(g)), None, None))
+        logits = torch.from_numpy(self._logits(xa))[:, None]
         return logits, BrainLMState(tuple(new), state.pos + 1)
 
     def step(self, token: torch.Tensor, word_id: torch.Tensor | None,
