@@ -14,8 +14,9 @@ scales (``W = scale * codes``; codes are {-1, 0, +1} stored as float for SIMD)::
 
 the same equations as :class:`neurobit.models.brain_lm.BrainBlock` with
 :class:`neurobit.modules.CorticalHub` (groups contiguous and equal, no inhibition, no feedback),
-evaluated in a different summation order: spikes agree except at threshold ties (measured in
-the tests), logits to float32 rounding.
+evaluated in a different summation order (the matrix-vector products reassociate their sums,
+``_gemv`` with fastmath, so they vectorize; the LIF update keeps the reference order): spikes
+agree except at threshold ties (measured in the tests), logits to float32 rounding.
 """
 from __future__ import annotations
 
@@ -23,6 +24,17 @@ import numpy as np
 from numba import njit
 
 from neurobit.functional.recurrent_lif_kernels import lif_circuit_token
+
+
+@njit(cache=True, fastmath=True)
+def _gemv(W, x, scale, out):  # pragma: no cover
+    """``out = scale * (W @ x)`` for a code matrix ``W`` ``[m, n]`` (reassociated sums: SIMD)."""
+    for i in range(W.shape[0]):
+        row = W[i]
+        t = x.dtype.type(0.0)
+        for j in range(x.shape[0]):
+            t += row[j] * x[j]
+        out[i] = t * scale
 
 
 @njit(cache=True)
@@ -63,34 +75,15 @@ def brain_block_token(x, w_norm, eps, codes_in, sc_in, codes_rec_t, sc_rec, alph
         for j in range(d):
             a[j] = (xb[j] * r) * w_norm[j]
         for c in range(C):
-            for i in range(N):
-                row = codes_in[c, i]
-                t = zero
-                for j in range(d):
-                    t += row[j] * a[j]
-                u[i] = t * sc_in[c]
+            _gemv(codes_in[c], a, sc_in[c], u)
             lif_circuit_token(u, codes_rec_t[c], sc_rec[c], alpha[c], theta[c], beta[c], K,
                               v[b, c], s[b, c], rec, acc, no_trace, 0)
             for i in range(N):
                 acc[i] = acc[i] * inv_k
-            for m in range(D):
-                row = codes_out[c, m]
-                t = zero
-                for i in range(N):
-                    t += row[i] * acc[i]
-                h[m] = t * sc_out[c]
-            for e in range(dk):
-                tq = zero
-                tk = zero
-                tv = zero
-                rq, rk, rv = codes_q[e], codes_k[e], codes_v[e]
-                for m in range(D):
-                    tq += rq[m] * h[m]
-                    tk += rk[m] * h[m]
-                    tv += rv[m] * h[m]
-                q[c, e] = tq * sc_q
-                k[c, e] = tk * sc_k
-                vv[c, e] = tv * sc_v
+            _gemv(codes_out[c], acc, sc_out[c], h)
+            _gemv(codes_q, h, sc_q, q[c])
+            _gemv(codes_k, h, sc_k, k[c])
+            _gemv(codes_v, h, sc_v, vv[c])
         Mb = M[b]
         for c in range(C):
             for e in range(dk):
@@ -117,12 +110,8 @@ def brain_block_token(x, w_norm, eps, codes_in, sc_in, codes_rec_t, sc_rec, alph
                 for jj in range(group_size):
                     t += (sc[jj] / tot) * vv[g0 + jj, e]
                 o[c * dk + e] = t
+        _gemv(codes_g, o, sc_g, g_out[b])
         for j in range(d):
-            row = codes_g[j]
-            t = zero
-            for e in range(C * dk):
-                t += row[e] * o[e]
-            g_out[b, j] = t * sc_g
             xb[j] += g_out[b, j]
         if use_fw:
             for e in range(dk):
