@@ -226,7 +226,7 @@ def write(circ: list[dict], net: dict, lms: dict, machine: str) -> str:
         sp = r["reference_s"] / r["compiled_s"] if r["compiled_s"] else None
         ident = {True: "yes", False: "NO", None: f"n/a ({r.get('note', '')})"}[r["identical"]]
         lines.append(f"| {r['circuit']} | {r['steps']:,} | {f(r['reference_s'])} | "
-                     f"{f(r['compiled_s'])} | {f(sp, 1)}x | {ident} |")
+                     f"{f(r['compiled_s'])} | {f(sp, 1)}{'x' if sp else ''} | {ident} |")
     lines += ["", "## 4000-unit network, 1 s at 0.1 ms (analysis/benchmarks/brian2_network.py)",
               "", "| contender | loop (s) | identical spikes |", "|---|---:|---|",
               f"| neurobit reference stepper | {f(net['reference_s'])} | "
