@@ -26,6 +26,7 @@ import torch
 from neurobit.compile.brain_kernels import brain_block_token
 from neurobit.errors import ParameterError, ShapeError
 from neurobit.functional.lif import LIFState
+from neurobit.models.stepping import StepByRun
 from neurobit.models.brain_lm import BrainBlockState, BrainLM, BrainLMState
 from neurobit.modules.cortical_hub import HubState
 from neurobit.modules.microcircuit import MicroCircuitState
@@ -108,7 +109,7 @@ def _block_arrays(blk, dtype) -> _BlockArrays:
         int(hub.layout.group_size))
 
 
-class CompiledBrainLM(torch.nn.Module):
+class CompiledBrainLM(StepByRun, torch.nn.Module):
     """A frozen BrainLM with the fused generation kernel; see the module docstring."""
 
     def __init__(self, model: BrainLM):
@@ -186,13 +187,6 @@ class CompiledBrainLM(torch.nn.Module):
         logits = torch.from_numpy(self._logits(xa))[:, None]
         return logits, BrainLMState(tuple(new), state.pos + 1)
 
-    def step(self, token: torch.Tensor, word_id: torch.Tensor | None,
-             state: BrainLMState) -> tuple[torch.Tensor, BrainLMState]:
-        if token.dim() != 1:
-            raise ShapeError(f"token: expected [B], got {list(token.shape)}")
-        logits, state = self.run(token[:, None], None if word_id is None else word_id[:, None],
-                                 state)
-        return logits[:, 0], state
 
     def forward(self, tokens: torch.Tensor, word_ids: torch.Tensor | None = None):
         return self.run(tokens, word_ids)[0]

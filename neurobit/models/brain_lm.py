@@ -47,6 +47,7 @@ from neurobit.functional.surrogate import spike
 from neurobit.models.embedding import HierarchicalEmbedding
 from neurobit.models.gpt import (GPT, MLP, CausalSelfAttention, KVCache, count_parameters,
                                  quant_of)
+from neurobit.models.stepping import StepByRun
 from neurobit.models.lm_config import BrainLMConfig, GPTConfig
 from neurobit.modules.bitlinear import BitLinear
 from neurobit.modules.cortical_hub import CorticalHub, HubState
@@ -195,7 +196,7 @@ class BrainLMState(NamedTuple):
     pos: int
 
 
-class BrainLM(nn.Module):
+class BrainLM(StepByRun, nn.Module):
     """Embedding -> ``n_layers`` :class:`BrainBlock` -> RMSNorm -> head (BitLinear).
 
     ``forward(tokens, word_ids) -> logits [B, T, V]`` (cleared state, for training);
@@ -234,14 +235,6 @@ class BrainLM(nn.Module):
     def forward(self, tokens: torch.Tensor, word_ids: torch.Tensor | None = None) -> torch.Tensor:
         return self.run(tokens, word_ids)[0]
 
-    def step(self, token: torch.Tensor, word_id: torch.Tensor | None,
-             state: BrainLMState) -> tuple[torch.Tensor, BrainLMState]:
-        """One token per sequence (``token`` ``[B]``) -> logits ``[B, V]`` and the next state."""
-        if token.dim() != 1:
-            raise ShapeError(f"token: expected [B], got {list(token.shape)}")
-        logits, state = self.run(token[:, None], None if word_id is None else word_id[:, None],
-                                 state)
-        return logits[:, 0], state
 
 
 def state_numel(state) -> int:

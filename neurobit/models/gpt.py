@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from neurobit.errors import ParameterError, ShapeError
 from neurobit.models.embedding import HierarchicalEmbedding
+from neurobit.models.stepping import StepByRun
 from neurobit.models.lm_config import GPTConfig
 from neurobit.modules.bitlinear import BitLinear
 
@@ -157,7 +158,7 @@ class GPTState(NamedTuple):
     pos: int
 
 
-class GPT(nn.Module):
+class GPT(StepByRun, nn.Module):
     """``forward(tokens [B, T], word_ids [B, T] | None) -> logits [B, T, vocab]``;
     ``step(token [B], word_id [B] | None, state) -> (logits [B, vocab], state)``."""
 
@@ -198,14 +199,6 @@ class GPT(nn.Module):
             caches.append(c)
         return self.head(self.norm(x)), GPTState(tuple(caches), state.pos + tokens.shape[1])
 
-    def step(self, token: torch.Tensor, word_id: torch.Tensor | None,
-             state: GPTState) -> tuple[torch.Tensor, GPTState]:
-        """Feed one token per sequence; the caches grow by one position."""
-        if token.dim() != 1:
-            raise ShapeError(f"token: expected [B], got {list(token.shape)}")
-        logits, state = self.run(token[:, None], None if word_id is None else word_id[:, None],
-                                 state)
-        return logits[:, 0], state
 
 
 def count_parameters(model: nn.Module) -> int:

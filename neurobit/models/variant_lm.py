@@ -34,6 +34,7 @@ from neurobit.errors import ParameterError, ShapeError
 from neurobit.models.bit_ttt import BitTTTBlock
 from neurobit.models.embedding import HierarchicalEmbedding
 from neurobit.models.gpt import MLP, CausalSelfAttention, KVCache, quant_of
+from neurobit.models.stepping import StepByRun
 from neurobit.models.sparse_bayesian import (DynSIHA, MoIE, SBLOutput, activation_rate,
                                              kl_dynamic_prior, sbl_layers, surprise_gate_loss)
 from neurobit.models.variant_config import (BitLlamaConfig, BitTTTConfig, DynSIHAConfig,
@@ -98,7 +99,7 @@ def _is_ttt(cfg) -> bool:
     return cfg.kind in ("bit_ttt", "bit_llama")
 
 
-class VariantLM(nn.Module):
+class VariantLM(StepByRun, nn.Module):
     """A language model whose blocks are one of the variant designs (module docstring)."""
 
     def __init__(self, cfg: VariantConfig):
@@ -178,14 +179,6 @@ class VariantLM(nn.Module):
         out = self.forward_aux(tokens, word_ids, state)
         return out.logits, out.state
 
-    def step(self, token: torch.Tensor, word_id: torch.Tensor | None,
-             state: VariantState) -> tuple[torch.Tensor, VariantState]:
-        """Feed one token per sequence ``[B]``: logits ``[B, V]`` and the new state."""
-        if token.dim() != 1:
-            raise ShapeError(f"token: expected [B], got {list(token.shape)}")
-        logits, state = self.run(token[:, None], None if word_id is None else word_id[:, None],
-                                 state)
-        return logits[:, 0], state
 
     # ------------------------------------------------------- losses, stats
     def regularizer(self, main_loss: torch.Tensor, out: VariantOutput) -> torch.Tensor:

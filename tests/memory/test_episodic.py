@@ -94,6 +94,8 @@ def test_sigkill_loses_no_committed_record(tmp_path, trial):
                                 stdout=subprocess.PIPE, text=True)
         first = proc.stdout.readline()
         assert first.strip().isdigit(), "the writer did not start"
+        for _ in range(rnd.randint(5, 30)):   # some commits first, however busy the machine
+            first += proc.stdout.readline()
         time.sleep(rnd.uniform(0.01, 0.3))
         proc.send_signal(signal.SIGKILL)
         out = proc.stdout.read()  # the rest, after what readline() buffered
