@@ -3,6 +3,8 @@
 - :func:`time_round_robin` times several callables interleaved (one call of each per round), so
   slow drifts of a shared machine hit every contender alike; returns milliseconds per call.
 - :func:`summarize` gives the median and the inter-quartile range (ms) of a list of samples.
+- :func:`lm_rates`: prompt-processing and greedy-generation tokens/s of a language model through
+  ``neurobit generate``'s step function and loop.
 - :func:`machine_line` describes the machine and library versions for a results file.
 """
 from __future__ import annotations
@@ -62,3 +64,26 @@ def machine_line(torch_threads: int, numba_threads: int, dists: tuple[str, ...])
     versions = ", ".join(f"{d} {_version(d)}" for d in dists)
     return (f"{cpu_model()}, {os.cpu_count()} logical cores; Python {platform.python_version()}; "
             f"{versions}; torch threads {torch_threads}, numba threads {numba_threads}")
+
+
+def lm_rates(model, tokenizer, ids, n: int = 512, repeats: int = 3) -> tuple[float, float]:
+    """``(prompt tokens/s, generation tokens/s)``, medians over ``repeats``: one pass over the
+    first ``n`` of ``ids`` as a prompt, and ``n`` greedy tokens after a 16-token prompt through
+    :func:`neurobit.decode.generate` (batch 1), after warm-up calls of both."""
+    import torch
+    from neurobit.decode import SamplingConfig, generate
+    from neurobit.train.lm_step import lm_step_fn
+    step = lm_step_fn(model, tokenizer)
+    x = torch.as_tensor(np.asarray(ids[:n]).astype("int64"))
+    greedy = SamplingConfig(do_sample=False)
+    step(x[None, :8], None)
+    generate(step, x[:16], 16, sampling=greedy)   # warm-up (kernels compiled, caches allocated)
+    prompt, gen = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step(x[None], None)
+        prompt.append(n / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        res = generate(step, x[:16], n, sampling=greedy)
+        gen.append(len(res.tokens) / (time.perf_counter() - t0))
+    return float(np.median(prompt)), float(np.median(gen))

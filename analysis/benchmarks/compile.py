@@ -31,6 +31,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
+from _timing import lm_rates  # noqa: E402
 RESULTS = HERE / "results" / "compile.md"
 STUDY = ROOT / "runs" / "lm_study"
 
@@ -144,25 +145,6 @@ def _model_rate(model, n=512) -> float:
     return _median(rates)
 
 
-def _lm_rates(model, tok, val_ids, n=512) -> tuple[float, float]:
-    import torch
-    from neurobit.decode import SamplingConfig, generate
-    from neurobit.train.lm_step import lm_step_fn
-    step = lm_step_fn(model, tok)
-    ids = torch.as_tensor(val_ids[:n].astype("int64"))
-    step(ids[None, :8], None)
-    generate(step, ids[:16], 16, sampling=SamplingConfig(do_sample=False))   # warm-up
-    prompt, gen = [], []
-    for _ in range(3):
-        t = time.perf_counter()
-        step(ids[None], None)
-        prompt.append(n / (time.perf_counter() - t))
-        t = time.perf_counter()
-        res = generate(step, ids[:16], n, sampling=SamplingConfig(do_sample=False))
-        gen.append(len(res.tokens) / (time.perf_counter() - t))
-    return _median(prompt), _median(gen)
-
-
 def _study_model(kind: str, workdir: Path) -> Path:
     """The trained study run of ``kind``, or a fresh run directory of its config (0 steps)."""
     run = STUDY / kind
@@ -193,15 +175,15 @@ def language_models(workdir: Path) -> dict:
         tok = load_tokenizer(run / "tokenizer.json")
         model, cfg = load_model(run)
         model.eval()
-        ref_p, ref_g = _lm_rates(model, tok, val)
+        ref_p, ref_g = lm_rates(model, tok, val)
         ref_m = _model_rate(model)
         compiled = workdir / f"{kind}.nbc"
         compile_checkpoint(run, compiled)
         cmodel, ctok = load_compiled_lm(compiled)
-        com_p, com_g = _lm_rates(cmodel, ctok, val)
+        com_p, com_g = lm_rates(cmodel, ctok, val)
         com_m = _model_rate(cmodel)
         fmodel, _ = load_compiled_lm(compiled, "reference")   # modules, quantized once
-        frz_p, frz_g = _lm_rates(fmodel, ctok, val)
+        frz_p, frz_g = lm_rates(fmodel, ctok, val)
         st = ternary_storage(compiled)
         ck = latest_checkpoint(run) / "model.safetensors"
         out[kind] = {"trained": run.parent == STUDY, "params": sum(p.numel() for p in

@@ -51,6 +51,8 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT / "analysis" / "benchmarks"))
+from _timing import lm_rates  # noqa: E402 (prompt and generation tokens/s, shared)
 RUNS = ROOT / "runs" / "lm_study"
 MODELS = ("brain", "gpt")
 LABEL = {"brain": "BrainLM", "gpt": "GPT baseline"}
@@ -141,37 +143,13 @@ def _train_rate_alone(m: str, cfg, data, steps=10, warm=3) -> float:
     return cfg.train.batch_size * cfg.train.block_size / (sum(times[warm:]) / steps)
 
 
-def _prompt_and_generation_rate(model, tok, data, n=512) -> tuple[float, float]:
-    import torch
-    from neurobit.decode import SamplingConfig, generate
-    from neurobit.train.lm_step import lm_step_fn
-    ids = torch.as_tensor(data.arrays["val"][:n].astype("int64"))
-    step = lm_step_fn(model, tok)
-    step(ids[None, :8], None)  # warm-up (kernels compiled, caches allocated)
-    t = time.perf_counter()
-    step(ids[None], None)
-    prompt_rate = n / (time.perf_counter() - t)
-    t = time.perf_counter()
-    res = generate(step, ids[:16], n, sampling=SamplingConfig(do_sample=False))
-    gen_rate = len(res.tokens) / (time.perf_counter() - t)
-    return prompt_rate, gen_rate
-
-
-def _state_bytes(state) -> int:
-    import torch
-    if isinstance(state, torch.Tensor):
-        return state.numel() * state.element_size()
-    if isinstance(state, (tuple, list)):
-        return sum(_state_bytes(s) for s in state)
-    return 0
-
-
 @app.command("memory-probe")
 def memory_probe(model_name: str, length: int):
     """(internal) Generate ``length`` tokens greedily in this fresh process; print JSON."""
     import torch
     from neurobit.decode import SamplingConfig
     from neurobit.decode.processors import LogitsPipeline
+    from neurobit.models.brain_lm import state_numel
     from neurobit.train.lm_step import lm_step_fn
     torch.set_num_threads(2)
     model, tok = _generation_model(model_name)
@@ -196,7 +174,7 @@ def memory_probe(model_name: str, length: int):
     peak = _rss_mib("VmHWM")
     print(json.dumps({"model": model_name, "length": length, "rss_before_mib": base,
                       "rss_peak_mib": peak, "growth_mib": peak - base,
-                      "state_bytes": _state_bytes(state.model), "seconds": dt,
+                      "state_bytes": state_numel(state.model, nbytes=True), "seconds": dt,
                       "maxrss_process_mib":
                           resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
@@ -435,11 +413,12 @@ def evaluate():
         r["val_bpc"] = stage(m, "val_bpc", lambda: _val_bpc(model, data))
         r["train_tps_alone"] = stage(m, "train_tps_alone",
                                      lambda: _train_rate_alone(m, ck.config, data))
+        val = data.arrays["val"]
         r["prompt_tps"], r["gen_tps"] = stage(
-            m, "rates_reference", lambda: _prompt_and_generation_rate(model, tok, data))
+            m, "rates_reference", lambda: lm_rates(model, tok, val, repeats=1))
         gmodel, gtok = _generation_model(m)
         r["prompt_tps_compiled"], r["gen_tps_compiled"] = stage(
-            m, "rates_generation_model", lambda: _prompt_and_generation_rate(gmodel, gtok, data))
+            m, "rates_generation_model", lambda: lm_rates(gmodel, gtok, val, repeats=1))
         r["memory"] = stage(m, "memory", lambda: _memory(m))
         r["decoding"] = stage(m, "decoding", lambda: _decoding(gmodel, gtok, prompts))
         (HERE / "results").mkdir(exist_ok=True)

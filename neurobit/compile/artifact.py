@@ -115,8 +115,8 @@ def read_compiled(path: str | Path, build) -> CompiledFile:
     if set(shapes) != set(layers):
         raise NeurobitError(f"{path}: ternary layers {sorted(set(shapes) ^ set(layers))} do not "
                             "match the model its config builds")
-    rest = {k: v for k, v in tensors.items()
-            if not any(k in (f"{n}.codes", f"{n}.scale", f"{n}.bias") for n in shapes)}
+    packed_keys = {f"{n}.{part}" for n in shapes for part in ("codes", "scale", "bias")}
+    rest = {k: v for k, v in tensors.items() if k not in packed_keys}
     missing, unexpected = model.load_state_dict(rest, strict=False)
     missing = [k for k in missing if k.rsplit(".", 1)[0] not in shapes]
     if missing or unexpected:

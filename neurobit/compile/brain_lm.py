@@ -25,9 +25,11 @@ import torch
 
 from neurobit.compile.brain_kernels import brain_block_token
 from neurobit.errors import ParameterError, ShapeError
+from neurobit.functional.fast_weight_scan import dt_scalar
 from neurobit.functional.lif import LIFState
 from neurobit.models.stepping import StepByRun
 from neurobit.models.brain_lm import BrainBlockState, BrainLM, BrainLMState
+from neurobit.modules.bitlinear import BitLinear
 from neurobit.modules.cortical_hub import HubState
 from neurobit.modules.microcircuit import MicroCircuitState
 
@@ -87,7 +89,7 @@ def _frozen(layer):
 
 def _block_arrays(blk, dtype) -> _BlockArrays:
     C, N = blk.cfg.n_circuits, blk.cfg.n_units
-    f = np.dtype(str(dtype).replace("torch.", "")).type
+    f = lambda x: dt_scalar(x, dtype)  # noqa: E731 (scalars in the arrays' dtype)
     per = lambda x: _np(torch.as_tensor(x, dtype=dtype).expand(C, N), dtype)
     p = blk.bank.lif.params
     c_in, s_in = _frozen(blk.bank.w_in)
@@ -116,7 +118,7 @@ class CompiledBrainLM(StepByRun, torch.nn.Module):
         super().__init__()
         check_compilable(model)
         for layer in model.modules():
-            if hasattr(layer, "freeze") and getattr(layer, "_frozen", 1) is None:
+            if isinstance(layer, BitLinear) and layer._frozen is None:
                 layer.freeze()
         model.eval()
         self.ref = model

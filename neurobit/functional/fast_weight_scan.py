@@ -22,7 +22,8 @@ import torch
 from numba import njit, prange
 
 from neurobit.errors import ShapeError
-from neurobit.functional.fast_weights import fast_weight_update, fast_weight_write
+from neurobit.functional.fast_weights import (fast_weight_clip, fast_weight_update,
+                                              fast_weight_write)
 
 
 @njit(parallel=True, cache=True)
@@ -68,7 +69,7 @@ class _FastWeightScan(torch.autograd.Function):
         M, Ms, Ps = M0.detach(), [M0.detach()], []
         for k, v in zip(K.detach().unbind(0), V.detach().unbind(0)):
             P = fast_weight_write(M, k, v, lam, eta)
-            M = torch.clamp(P, -clip, clip)
+            M = fast_weight_clip(P, clip)
             Ps.append(P)
             Ms.append(M)
         ctx.save_for_backward(torch.stack(Ps, 0), K.detach().contiguous(),

@@ -82,7 +82,12 @@ def fast_weight_update(M: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: f
     if check:
         check_fast_weight_parameters(lam, eta, clip)
         _check_kv(M, k, v)
-    return torch.clamp(fast_weight_write(M, k, v, lam, eta), -clip, clip)
+    return fast_weight_clip(fast_weight_write(M, k, v, lam, eta), clip)
+
+
+def fast_weight_clip(P: torch.Tensor, clip: float) -> torch.Tensor:
+    """The clip of the update: every entry into ``[-clip, clip]``."""
+    return torch.clamp(P, -clip, clip)
 
 
 def fast_weight_write(M: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: float,

@@ -237,12 +237,13 @@ class BrainLM(StepByRun, nn.Module):
 
 
 
-def state_numel(state) -> int:
-    """Total number of tensor elements in a (nested) generation state."""
+def state_numel(state, *, nbytes: bool = False) -> int:
+    """Total number of tensor elements (or bytes, ``nbytes=True``) in a (nested) generation
+    state."""
     if isinstance(state, torch.Tensor):
-        return state.numel()
+        return state.numel() * (state.element_size() if nbytes else 1)
     if isinstance(state, (tuple, list)):
-        return sum(state_numel(s) for s in state)
+        return sum(state_numel(s, nbytes=nbytes) for s in state)
     return 0
 
 

@@ -24,7 +24,7 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import Field, model_validator
 
 from neurobit._schema import PositiveFloat, PositiveInt, Strict  # noqa: F401 (re-exported)
-from neurobit.models.config_base import EmbeddingFields, NonNegInt
+from neurobit.models.config_base import EmbeddingFields, NonNegInt, check_rotary_heads
 from neurobit.models.variant_config import (BitLlamaConfig, BitTTTConfig, DynSIHAConfig,
                                             MoIEConfig)
 
@@ -95,9 +95,7 @@ class GPTConfig(EmbeddingFields):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
-            raise ValueError(f"n_heads: d_model={self.d_model} must split into {self.n_heads} "
-                             f"heads of even size (rotary positions)")
+        check_rotary_heads(self.d_model, self.n_heads)
         return self
 
 

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from neurobit._schema import PositiveFloat, PositiveInt
-from neurobit.models.config_base import EmbeddingFields
+from neurobit.models.config_base import EmbeddingFields, check_rotary_heads
 
 NonNegFloat = Annotated[float, Field(ge=0)]
 
@@ -36,9 +36,7 @@ class _SBLFields(EmbeddingFields):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
-            raise ValueError(f"n_heads: d_model={self.d_model} must split into {self.n_heads} "
-                             f"heads of even size (rotary positions)")
+        check_rotary_heads(self.d_model, self.n_heads)
         return self
 
 
