@@ -1,6 +1,11 @@
 """Small shared fixtures: every test draws its randomness from an explicit seed."""
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/cli_runner.py, importable
 
 
 @pytest.fixture

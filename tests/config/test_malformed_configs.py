@@ -19,10 +19,10 @@ from typing import NamedTuple
 import numpy as np
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from neurobit.cli import app
 from neurobit.config.loader import load_circuit
+
+from cli_runner import invoke
 
 HERE = Path(__file__).parent
 CORPUS = HERE / "malformed"
@@ -137,13 +137,6 @@ def subprocess_results(tmp_path_factory):
 def test_cli_subprocess_refuses(name, subprocess_results):
     rc, stderr, stdout, out = subprocess_results[name]
     check_refusal(BY_NAME[name], CORPUS / f"{name}.yaml", rc, stderr, stdout, out)
-
-
-def invoke(*args: str):
-    r = CliRunner().invoke(app, [str(a) for a in args])
-    assert not isinstance(r.exception, Exception) or isinstance(r.exception, SystemExit), \
-        f"uncaught {r.exception!r}"
-    return r
 
 
 @pytest.mark.parametrize("name", IN_PROCESS)

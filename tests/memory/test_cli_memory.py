@@ -10,10 +10,10 @@ import re
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from neurobit.cli import app
 from neurobit.memory.lifecycle import read_log
+
+from cli_runner import invoke, one_error_line
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -30,20 +30,6 @@ data: {source: corpus.txt, tokenizer: char, val_fraction: 0.2, cache_dir: cache}
 LEARN = ["--window", "24", "--steps", "30", "--lr", "2e-2", "--max-lr", "5e-2",
          "--batch-size", "6", "--old-sequences", "4", "--replay-ratio", "0.34", "--rank", "4",
          "--select", "64"]
-
-
-def invoke(*args):
-    r = CliRunner().invoke(app, [str(a) for a in args])
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        raise r.exception
-    return r
-
-
-def one_error_line(r) -> str:
-    assert r.exit_code == 2, (r.stdout, r.stderr)
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("neurobit: error: "), r.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -16,22 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from neurobit.cli import app
 from neurobit.config.loader import load_circuit
 from neurobit.config.schema import CircuitConfig
 from neurobit.record import read_run
 
+from cli_runner import invoke
+
 REPO = Path(__file__).resolve().parents[2]
 SIMS = REPO / "sims"
-
-
-def invoke(*args):
-    r = CliRunner().invoke(app, [str(a) for a in args])
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        raise r.exception
-    return r
 
 
 def digest(path: Path) -> str:

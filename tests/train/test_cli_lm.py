@@ -16,25 +16,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from neurobit.cli import app
 from neurobit.train.lm_step import lm_step_fn
 from neurobit.decode import CollapseDetector
 from neurobit.train.checkpoint import load_checkpoint, load_model
 from neurobit.train.run_config import load_run_file
 from neurobit.train.tokenizer import load_tokenizer
 
+from cli_runner import invoke, one_error_line
+
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "sims" / "lm" / "tiny.yaml"
 PROMPT = "ROMEO:"
-
-
-def invoke(*args):
-    r = CliRunner().invoke(app, [str(a) for a in args])
-    if r.exception is not None and not isinstance(r.exception, SystemExit):
-        raise r.exception
-    return r
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -44,13 +37,6 @@ def digests(folder: Path) -> dict[str, str]:
 
 def metric_rows(run: Path) -> list[dict]:
     return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln]
-
-
-def one_error_line(r) -> str:
-    assert r.exit_code == 2, (r.stdout, r.stderr)
-    lines = r.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("neurobit: error: "), r.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
