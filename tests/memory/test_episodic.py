@@ -89,7 +89,7 @@ def test_sigkill_loses_no_committed_record(tmp_path, trial):
     path = tmp_path / "kill.sqlite"
     rnd = random.Random(trial)
     printed = []
-    for _ in range(2):
+    for kills in (1, 2):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path), "sqlite", "1000000"],
                                 stdout=subprocess.PIPE, text=True)
         first = proc.stdout.readline()
@@ -106,7 +106,9 @@ def test_sigkill_loses_no_committed_record(tmp_path, trial):
             assert buf.check()
             have = set(buf.ids())
         assert set(printed) <= have
-        assert len(have) - len(printed) <= 1  # at most the one committed but not yet printed
+        # at most one record per kill committed but not yet printed (a partial last line
+        # such as "66" for "6647" names an id that exists, so count unmatched ids by set)
+        assert len(have - set(printed)) <= kills
     assert len(printed) > 10
     with EpisodicBuffer(path) as buf:  # still writable after the kills
         i = buf.append(ep(1.0))
