@@ -24,6 +24,7 @@ from numba import njit, prange
 from neurobit.errors import ShapeError
 from neurobit.functional.fast_weights import (fast_weight_clip, fast_weight_update,
                                               fast_weight_write)
+from neurobit.functional.numba_threads import keep_torch_threads
 
 
 @njit(parallel=True, cache=True)
@@ -85,9 +86,10 @@ class _FastWeightScan(torch.autograd.Function):
         g_M = g_M.to(dt).contiguous()
         g_M0 = torch.empty_like(P[0])
         g_K, g_V = torch.empty_like(K), torch.empty_like(V)
-        _fast_weight_backward(P.numpy(), K.numpy(), V.numpy(), dt_scalar(lam, dt),
-                              dt_scalar(eta, dt), dt_scalar(clip, dt), g_M.numpy(),
-                              g_M0.numpy(), g_K.numpy(), g_V.numpy())
+        with keep_torch_threads():
+            _fast_weight_backward(P.numpy(), K.numpy(), V.numpy(), dt_scalar(lam, dt),
+                                  dt_scalar(eta, dt), dt_scalar(clip, dt), g_M.numpy(),
+                                  g_M0.numpy(), g_K.numpy(), g_V.numpy())
         return g_M0, g_K, g_V, None, None, None
 
 

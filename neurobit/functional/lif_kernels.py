@@ -42,7 +42,12 @@ def lif_forward_kernel(u, v0, s0, alpha, theta, beta, v_out, s_out, n_chunks):  
                 so[j] = sj
 
 
-@njit(parallel=True, cache=True)
+# Not cached on disk: its argument ``sg_fn`` is a numba dispatcher, and numba's cache index
+# stores dispatcher types by weak reference; a process that loads such an index and then
+# compiles a new signature (another dtype or memory layout) can fail to re-save it with
+# "ReferenceError: underlying object has vanished" in the middle of backward. Compiling per
+# process costs about 3 s the first time a backward runs.
+@njit(parallel=True, cache=False)
 def lif_backward_kernel(v, theta, sg_fn, slope, g_s, g_vT, g_sT, alpha, beta, detach_reset,
                         g_u, g_v0, g_s0, n_chunks):  # pragma: no cover
     """Reverse-time adjoint of the forward kernel.

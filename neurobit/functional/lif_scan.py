@@ -14,6 +14,7 @@ import numba
 import torch
 
 from neurobit.errors import ShapeError
+from neurobit.functional.numba_threads import keep_torch_threads
 from neurobit.functional.lif import LIFParameters, LIFState, check_parameters, lif_loop
 from neurobit.functional.lif_kernels import lif_backward_kernel, lif_forward_kernel
 from neurobit.functional.surrogate import surrogate_grad
@@ -38,11 +39,12 @@ class _LIFScan(torch.autograd.Function):
         alpha, theta, beta = (_per_unit(x, v0) for x in (p.alpha, p.theta, p.reset))
         v_out = torch.empty_like(u2)
         s_out = torch.empty_like(u2)
-        lif_forward_kernel(
-            u2.numpy(), v0.detach().contiguous().reshape(-1).numpy(),
-            s0.detach().contiguous().reshape(-1).numpy(), alpha.numpy(), theta.numpy(),
-            beta.numpy(), v_out.numpy(), s_out.numpy(), _n_chunks(u2.shape[1]),
-        )
+        with keep_torch_threads():
+            lif_forward_kernel(
+                u2.numpy(), v0.detach().contiguous().reshape(-1).numpy(),
+                s0.detach().contiguous().reshape(-1).numpy(), alpha.numpy(), theta.numpy(),
+                beta.numpy(), v_out.numpy(), s_out.numpy(), _n_chunks(u2.shape[1]),
+            )
         ctx.save_for_backward(v_out, alpha, theta, beta)
         ctx.p, ctx.unit_shape = p, unit_shape
         v_out = v_out.reshape(T, *unit_shape)
@@ -63,11 +65,12 @@ class _LIFScan(torch.autograd.Function):
         g_u = torch.empty_like(v_seq)
         g_v0 = torch.empty(M, dtype=v_seq.dtype)
         g_s0 = torch.empty(M, dtype=v_seq.dtype)
-        lif_backward_kernel(
-            v_seq.numpy(), theta.numpy(), _jitted_surrogate(p.surrogate),
-            float(p.slope), g_s.numpy(), g_vT.numpy(), g_sT.numpy(), alpha.numpy(), beta.numpy(),
-            bool(p.detach_reset), g_u.numpy(), g_v0.numpy(), g_s0.numpy(), _n_chunks(M),
-        )
+        with keep_torch_threads():
+            lif_backward_kernel(
+                v_seq.numpy(), theta.numpy(), _jitted_surrogate(p.surrogate),
+                float(p.slope), g_s.numpy(), g_vT.numpy(), g_sT.numpy(), alpha.numpy(), beta.numpy(),
+                bool(p.detach_reset), g_u.numpy(), g_v0.numpy(), g_s0.numpy(), _n_chunks(M),
+            )
         shape = ctx.unit_shape
         return g_u.reshape(T, *shape), g_v0.reshape(shape), g_s0.reshape(shape), None
 

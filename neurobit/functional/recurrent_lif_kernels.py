@@ -70,7 +70,7 @@ def recurrent_lif_forward(x, codes_t, scale, alpha, theta, beta, v0, s0, K, r_ou
         s_end[b, c] = s
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=False)  # not cached: see lif_kernels
 def recurrent_lif_backward(v_trace, codes, scale, alpha, theta, beta, s0, K, sg_fn, slope,
                            detach_reset, g_r, g_vT, g_sT, g_x, g_w_pairs, g_v0,
                            g_s0):  # pragma: no cover

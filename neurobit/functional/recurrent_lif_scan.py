@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from neurobit.errors import ParameterError, ShapeError
+from neurobit.functional.numba_threads import keep_torch_threads
 from neurobit.functional.lif import LIFParameters, LIFState
 from neurobit.functional.lif_scan import _jitted_surrogate
 from neurobit.functional.recurrent_lif_kernels import (recurrent_lif_backward,
@@ -51,10 +52,11 @@ class _RecurrentLIFScan(torch.autograd.Function):
         r = torch.empty_like(xc)
         v_trace = torch.empty(B, C, T * K, N, dtype=dt)
         v_end, s_end = torch.empty_like(v0c), torch.empty_like(s0c)
-        recurrent_lif_forward(xc.numpy(), cd.transpose(1, 2).contiguous().numpy(), sc.numpy(),
-                              alpha.numpy(), theta.numpy(), beta.numpy(), v0c.numpy(),
-                              s0c.numpy(), int(K), r.numpy(), v_trace.numpy(), v_end.numpy(),
-                              s_end.numpy())
+        with keep_torch_threads():
+            recurrent_lif_forward(xc.numpy(), cd.transpose(1, 2).contiguous().numpy(), sc.numpy(),
+                                  alpha.numpy(), theta.numpy(), beta.numpy(), v0c.numpy(),
+                                  s0c.numpy(), int(K), r.numpy(), v_trace.numpy(), v_end.numpy(),
+                                  s_end.numpy())
         ctx.save_for_backward(v_trace, cd, sc, alpha, theta, beta, s0c, codes, scale)
         ctx.p, ctx.K = p, int(K)
         return r, v_end, s_end
@@ -72,11 +74,12 @@ class _RecurrentLIFScan(torch.autograd.Function):
         g_x = torch.empty(B, T, C, N, dtype=dt)
         g_w_pairs = torch.empty(B * C, N, N, dtype=dt)
         g_v0, g_s0 = torch.empty(B, C, N, dtype=dt), torch.empty(B, C, N, dtype=dt)
-        recurrent_lif_backward(v_trace.numpy(), cd.numpy(), sc.numpy(), alpha.numpy(),
-                               theta.numpy(), beta.numpy(), s0c.numpy(), ctx.K,
-                               _jitted_surrogate(p.surrogate), float(p.slope),
-                               bool(p.detach_reset), g_r.numpy(), g_vT.numpy(), g_sT.numpy(),
-                               g_x.numpy(), g_w_pairs.numpy(), g_v0.numpy(), g_s0.numpy())
+        with keep_torch_threads():
+            recurrent_lif_backward(v_trace.numpy(), cd.numpy(), sc.numpy(), alpha.numpy(),
+                                   theta.numpy(), beta.numpy(), s0c.numpy(), ctx.K,
+                                   _jitted_surrogate(p.surrogate), float(p.slope),
+                                   bool(p.detach_reset), g_r.numpy(), g_vT.numpy(), g_sT.numpy(),
+                                   g_x.numpy(), g_w_pairs.numpy(), g_v0.numpy(), g_s0.numpy())
         g_w = g_w_pairs.view(B, C, N, N).sum(0).transpose(1, 2)      # dL/dW, W = scale * codes
         g_codes = (g_w * sc[:, None, None]).to(codes.dtype) if ctx.needs_input_grad[1] else None
         g_scale = None
