@@ -13,7 +13,8 @@ same :class:`BrainLMState`:
   no per-token quantization, no torch dispatch inside a block, no autograd bookkeeping.
 
 Supported: the spiking circuits + CorticalHub variant (``neuron: lif``, ``ffn: circuits``,
-``mixer: hub``, no hub feedback); others raise :class:`ParameterError` naming the field.
+``mixer: hub``, no hub feedback, ``hub_inhibition: none``); others raise
+:class:`ParameterError` naming the field.
 """
 from __future__ import annotations
 
@@ -68,7 +69,7 @@ def check_compilable(model: BrainLM) -> None:
     """Raise naming the config field when ``model`` is a variant the kernel does not cover."""
     cfg = model.cfg
     for field, want in (("neuron", "lif"), ("ffn", "circuits"), ("mixer", "hub"),
-                        ("hub_feedback", False)):
+                        ("hub_feedback", False), ("hub_inhibition", "none")):
         if getattr(cfg, field) != want:
             raise ParameterError(f"model.{field}: the compiled BrainLM supports {field}="
                                  f"{want!r} only, got {getattr(cfg, field)!r}")

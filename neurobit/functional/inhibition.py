@@ -75,7 +75,11 @@ def divisive_normalization(x: torch.Tensor, sigma: float = 1.0, dim: int = -1, p
     else:
         m = mask.expand_as(x).to(x.dtype)
         pooled = (a * m).sum(dim=dim, keepdim=True) / m.sum(dim=dim, keepdim=True).clamp_min(1)
-    return x / (sigma + pooled ** (1.0 / power))
+    # the root has an infinite derivative at 0 (a feature silent in every member): there the
+    # value is 0 and the gradient is taken as 0, instead of NaN through every upstream weight
+    pos = pooled > 0
+    root = torch.where(pos, torch.where(pos, pooled, 1.0) ** (1.0 / power), 0.0)
+    return x / (sigma + root)
 
 
 def inhibit_groups(h: torch.Tensor, layout: GroupLayout, mode: str = "none", *, k: int = 1,

@@ -8,7 +8,8 @@ Per token t and block (residual ``x_t`` ``[B, d]``, C circuits of N units, reado
         s_k  = LIF(u)                                    (functional.lif: v, s carried on)
     h_t  = W_out (1/K sum_k s_k)                         [B, C, D]   spike-count readout
     g_t  = CorticalHub(h_t; M_t)                         [B, d]      grouped attention across
-                                                                     circuits, fast weights M
+                                                                     circuits, fast weights M,
+                                                                     lateral inhibition
     x_t <- x_t + g_t
 
 The LIF state (``v``, ``s``) and the hub memory ``M`` pass from token to token, so the block is
@@ -20,13 +21,19 @@ token (then the token loop also runs the hub; slower to train).
 
 Switches (``BrainLMConfig``), each to its standard counterpart:
 
-- ``neuron: relu | gelu``: the LIF threshold nonlinearity is replaced by the activation, with
+- ``neuron: relu | gelu | silu``: the LIF threshold nonlinearity is replaced by the activation, with
   the same leak and subtractive reset: ``v_k = alpha v_{k-1} + u_k - beta r_{k-1}``,
   ``r_k = act(v_k - theta)`` (a leaky rate unit; ``beta = theta``). In the ``mlp`` ffn,
   ``lif`` means a one-step spike ``H(W_1 a - theta)`` with surrogate gradient.
 - ``weights: float``: every BitLinear in the blocks and head uses float weights.
 - ``mixer: attention``: causal multi-head self-attention over tokens (rotary) on the
   concatenated circuit outputs replaces the hub; generation then keeps a KV cache.
+- ``mixer: mean``: ``g_t = W_p (1/C sum_i h_i)`` (BitLinear ``D -> d``, the blocks' quantization)
+  replaces the hub: mean pooling over the circuits, no state across tokens (the hub's and
+  attention's state fields stay None).
+- ``hub_inhibition: kwta | divisive`` (``hub_k``): lateral inhibition across the circuits of
+  each hub group on the hub's attention outputs ``h'`` (``CorticalHub(inhibition=, k=)``; the
+  hub's batched sequence pass and its per-token step both apply it).
 - ``ffn: mlp``: a per-token MLP ``d -> mlp_ratio d -> C D`` replaces the circuits.
 
 Shapes: ``tokens`` ``[B, T]`` -> logits ``[B, T, vocab]``.
@@ -55,6 +62,9 @@ from neurobit.modules.microcircuit import MicroCircuitState
 from neurobit.modules.microcircuit_bank import MicroCircuitBank
 
 
+_RATE_ACTS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}  # neuron -> rate nonlinearity
+
+
 def _spike_act(x: torch.Tensor, theta: float, surrogate: str, slope: float) -> torch.Tensor:
     """Stateless spike ``H(x - theta)`` (surrogate gradient) for the spiking MLP variant."""
     return spike(x - theta, surrogate, slope)
@@ -75,7 +85,7 @@ class BrainBlockState(NamedTuple):
 
 
 class BrainBlock(nn.Module):
-    """One block: circuits (or MLP) -> hub (or attention) -> residual add. See module docstring."""
+    """One block: circuits (or MLP) -> hub (attention, mean) -> residual add (module doc)."""
 
     def __init__(self, cfg: BrainLMConfig):
         super().__init__()
@@ -90,9 +100,9 @@ class BrainBlock(nn.Module):
                                          theta=cfg.theta, surrogate=cfg.surrogate,
                                          slope=cfg.slope)
             self.readout = BitLinear(N, D, quant=q, banks=C)
-            self.act = {"relu": F.relu, "gelu": F.gelu}.get(cfg.neuron)
+            self.act = _RATE_ACTS.get(cfg.neuron)
         else:
-            act = {"relu": F.relu, "gelu": F.gelu,
+            act = {**_RATE_ACTS,
                    "lif": partial(_spike_act, theta=cfg.theta, surrogate=cfg.surrogate,
                                   slope=cfg.slope)}[cfg.neuron]
             self.mlp = MLP(d, cfg.mlp_ratio * d, C * D, q, act)
@@ -101,7 +111,10 @@ class BrainBlock(nn.Module):
         if cfg.mixer == "hub":
             self.hub = CorticalHub(C, D, cfg.d_key, d, N if self.feedback else 1,
                                    groups=cfg.hub_groups, lam=cfg.lam, eta=cfg.eta,
-                                   clip=cfg.clip, use_fast_weights=cfg.fast_weights, quant=q)
+                                   clip=cfg.clip, use_fast_weights=cfg.fast_weights, quant=q,
+                                   inhibition=cfg.hub_inhibition, k=cfg.hub_k)
+        elif cfg.mixer == "mean":
+            self.pool = BitLinear(D, d, quant=q)
         else:
             self.attn = CausalSelfAttention(C * D, d, cfg.n_heads, q)
 
@@ -179,11 +192,13 @@ class BrainBlock(nn.Module):
                 and self.bank.w_rec.act_bits is None and fused_ok(u_in, self.bank.lif.params))
 
     def _mix(self, x, h, state: BrainBlockState) -> tuple[torch.Tensor, BrainBlockState]:
-        """Hub (or attention) over circuit outputs ``h`` ``[B, T, C, D]``; residual add."""
+        """Hub (attention, mean) over circuit outputs ``h`` ``[B, T, C, D]``; residual add."""
         B, T = h.shape[:2]
         if self.cfg.mixer == "hub":
             out = self.hub(h.transpose(0, 1), state.hub)
             return x + out.g.transpose(0, 1), state._replace(hub=out.state)
+        if self.cfg.mixer == "mean":                                # [B, T, C, D] -> [B, T, d]
+            return x + self.pool(h.mean(2)), state
         pos0 = 0 if state.kv is None else state.kv.k.shape[2]
         m, kv = self.attn(h.reshape(B, T, -1), state.kv, pos0)
         return x + m, state._replace(kv=kv)

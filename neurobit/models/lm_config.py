@@ -11,10 +11,14 @@ checkpoint (``config.yaml``). The model section is discriminated by ``kind``:
 
 Each BrainLM layer has a switch to its standard counterpart (for ablations):
 
-- ``neuron``: ``lif`` (spiking LIF circuits) | ``relu`` | ``gelu`` (leaky rate units instead)
+- ``neuron``: ``lif`` (spiking LIF circuits) | ``relu`` | ``gelu`` | ``silu`` (leaky rate units
+  instead)
 - ``weights``: ``ternary`` (BitLinear absmean, BitNet b1.58) | ``float``
 - ``mixer``: ``hub`` (CorticalHub with fast weights across tokens) | ``attention`` (causal
-  multi-head self-attention over tokens with rotary positions)
+  multi-head self-attention over tokens with rotary positions) | ``mean`` (mean pooling over
+  the circuits and a BitLinear ``D -> d_model``; no state across tokens)
+- ``hub_inhibition``: ``none`` | ``kwta`` (keep ``hub_k`` circuits per hub group) | ``divisive``
+  (lateral inhibition in the CorticalHub)
 - ``ffn``: ``circuits`` (recurrent MicroCircuitBank) | ``mlp`` (per-token two-layer MLP)
 """
 from __future__ import annotations
@@ -62,9 +66,21 @@ class BrainLMConfig(EmbeddingFields):
                                "next token (sequential; slower to train)")
     n_heads: PositiveInt = Field(4, description="heads of the attention mixer")
     mlp_ratio: PositiveInt = Field(4, description="hidden width / d_model of the mlp ffn")
-    neuron: Literal["lif", "relu", "gelu"] = "lif"
+    neuron: Literal["lif", "relu", "gelu", "silu"] = Field(
+        "lif", description="circuit units: 'lif' spiking LIF; 'relu' | 'gelu' | 'silu' leaky "
+        "rate units r = act(v - theta) with the same leak and subtractive reset (in the mlp "
+        "ffn: the hidden activation; 'lif' there is a one-step spike)")
     weights: Literal["ternary", "float"] = "ternary"
-    mixer: Literal["hub", "attention"] = "hub"
+    mixer: Literal["hub", "attention", "mean"] = Field(
+        "hub", description="across-circuit mixer: 'hub' CorticalHub with fast weights across "
+        "tokens; 'attention' causal self-attention over tokens (KV cache); 'mean' mean of the "
+        "C circuit outputs then a BitLinear D -> d_model (no state across tokens)")
+    hub_inhibition: Literal["none", "kwta", "divisive"] = Field(
+        "none", description="lateral inhibition across the circuits of each hub group on the "
+        "hub's attention outputs: 'kwta' keeps the hub_k circuits of largest norm, "
+        "'divisive' divides each feature by 1 + the group's root-mean-square (mixer: hub)")
+    hub_k: PositiveInt = Field(1, description="winners per hub group of the kwta inhibition "
+                               "(<= n_circuits / hub_groups)")
     ffn: Literal["circuits", "mlp"] = "circuits"
     head_weights: Optional[Literal["ternary", "float"]] = Field(
         None, description="quantization of the output head (default: weights)")
@@ -74,6 +90,13 @@ class BrainLMConfig(EmbeddingFields):
         if self.n_circuits % self.hub_groups:
             raise ValueError(f"hub_groups: {self.hub_groups} groups do not divide "
                              f"n_circuits={self.n_circuits}")
+        group = self.n_circuits // self.hub_groups
+        if self.hub_inhibition == "kwta" and self.hub_k > group:
+            raise ValueError(f"hub_k: kwta keeps hub_k={self.hub_k} circuits per hub group but "
+                             f"a group has only n_circuits / hub_groups = {group}")
+        if self.hub_inhibition != "none" and self.mixer != "hub":
+            raise ValueError(f"hub_inhibition: {self.hub_inhibition!r} acts in the hub; it needs "
+                             f"mixer='hub', got mixer={self.mixer!r}")
         if self.mixer == "attention" and self.d_model % self.n_heads:
             raise ValueError(f"n_heads: {self.n_heads} does not divide d_model={self.d_model}")
         if self.mixer == "attention" and (self.d_model // self.n_heads) % 2:

@@ -150,3 +150,14 @@ def test_group_divisive_matches_loop_over_groups(gen):
     assert torch.equal(inhibit_groups(h, lay, "none"), h)
     with pytest.raises(ParameterError, match="inhibition"):
         inhibit_groups(h, lay, "wta")
+
+
+def test_divisive_gradient_finite_where_a_feature_is_silent():
+    """A feature that is 0 in every member has pooled = 0, where d pooled^(1/p) is infinite:
+    the gradient must stay finite (0 through the root) and equal x/sigma's elsewhere."""
+    x = torch.tensor([[0.0, 1.0], [0.0, -2.0], [0.0, 0.5]], requires_grad=True)  # feature 0 silent
+    y = divisive_normalization(x, sigma=1.0, dim=0)
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert x.grad[:, 0].tolist() == [1.0, 1.0, 1.0]  # d(x / (1 + 0))/dx
+    assert y[:, 0].tolist() == [0.0, 0.0, 0.0]
