@@ -229,8 +229,30 @@ def _checkpoint_problems(cfg: CircuitConfig, i: int, base_dir: Path) -> list:
     pr.checkpoint = str(f)
     if pr.target not in cfg.populations:
         return []
+    if pr.conv is not None:
+        return _conv_problems(cfg, pr, loc, shape)
     want = projection_shape(cfg, pr)
     if shape != want:
         return [(loc + ("key",), f"checkpoint tensor shape {list(shape)} does not match "
                  f"the projection {list(want)}")]
+    return []
+
+
+def _conv_problems(cfg: CircuitConfig, pr, loc: tuple, shape: tuple) -> list:
+    """A conv kernel ``[C_out, C_in, k, k]`` must fit ``conv.in_shape`` = the source units and
+    give exactly the target's units."""
+    from neurobit.functional.synapse import conv_output_shape
+    c, h, w = pr.conv.in_shape
+    if len(shape) != 4 or shape[2] != shape[3]:
+        return [(loc + ("key",), f"a conv kernel must be [out, in, k, k], got {list(shape)}")]
+    if shape[1] != c:
+        return [(loc + ("conv", "in_shape"), f"kernel has {shape[1]} input channels, in_shape {c}")]
+    if c * h * w != source_units(cfg, pr.source):
+        return [(loc + ("conv", "in_shape"), f"{c}x{h}x{w} = {c * h * w} units, but the source "
+                 f"{pr.source!r} has {source_units(cfg, pr.source)}")]
+    out = conv_output_shape(pr.conv.in_shape, shape[0], shape[2], pr.conv.stride, pr.conv.padding)
+    n_out = out[0] * out[1] * out[2]
+    if n_out < 1 or n_out != population_units(cfg, pr.target):
+        return [(loc + ("target",), f"the convolution gives {'x'.join(map(str, out))} = {n_out} "
+                 f"units, but {pr.target!r} has {population_units(cfg, pr.target)}")]
     return []

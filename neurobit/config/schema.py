@@ -28,6 +28,18 @@ class PopulationConfig(Strict):
     backend: Literal["native", "snntorch", "norse"] = "native"
 
 
+class ConvProjection(Strict):
+    """A convolutional projection: the source is an image-shaped population ``in_shape``
+    (channels, height, width; flattened in that order) and the checkpoint tensor is a kernel
+    ``[out channels, in channels, kernel, kernel]`` of codes; it is unrolled into the dense
+    ``[target units, source units]`` matrix of the equivalent ``conv2d`` (no bias), the target
+    being ``out channels x out height x out width`` units."""
+
+    in_shape: tuple[PositiveInt, PositiveInt, PositiveInt]
+    stride: PositiveInt = 1
+    padding: Annotated[int, Field(ge=0)] = 0
+
+
 class ProjectionConfig(Strict):
     """Ternary synapses ``source -> target``: ``w = weight * code``, code in {-1, 0, +1}.
 
@@ -49,11 +61,14 @@ class ProjectionConfig(Strict):
     allow_self: bool = Field(False, description="keep i->i synapses in recurrent projections")
     checkpoint: Optional[str] = None
     key: Optional[str] = None
+    conv: Optional[ConvProjection] = Field(None, description="the checkpoint holds a conv kernel")
 
     @model_validator(mode="after")
     def _checkpoint_needs_key(self):
         if self.checkpoint is not None and self.key is None:
             raise ValueError("key: a projection loaded from a checkpoint needs the tensor key")
+        if self.conv is not None and self.checkpoint is None:
+            raise ValueError("conv: a convolutional projection needs a checkpoint with its kernel")
         return self
 
 
@@ -91,12 +106,15 @@ class SpikeFileStimulus(Strict):
 class ImageStimulus(Strict):
     """An image encoded as spikes. ``source``: ``digits:<index>`` (scikit-learn 8x8 digits,
     bundled) or a path to a ``.npy`` array (H x W, values in [0, 1] or 0-255).
-    ``rate``: Poisson at ``max_rate_hz * intensity``; ``latency``: one spike per pixel at
-    ``t = (1 - intensity) * window_ms`` (pixels below ``min_intensity`` stay silent)."""
+    ``rate``: Poisson at ``max_rate_hz * intensity``; ``regular``: the same rate as a
+    deterministic spike train (``s_t = floor(t p + 1/2) - floor((t - 1) p + 1/2)``, ``p`` the
+    spike probability per step); ``latency``: one spike per pixel at ``t = (1 - intensity) *
+    window_ms`` (pixels below ``min_intensity`` stay silent). Equations:
+    ``neurobit.functional.encoding``."""
 
     type: Literal["image"]
     source: str
-    encoding: Literal["rate", "latency"] = "rate"
+    encoding: Literal["rate", "regular", "latency"] = "rate"
     max_rate_hz: PositiveFloat = 100.0
     window_ms: PositiveFloat = 50.0
     min_intensity: Annotated[float, Field(ge=0, le=1)] = 0.05

@@ -1,4 +1,5 @@
-"""Event-driven ternary synapses: ``u = scale * (codes @ s)`` for binary spikes ``s``.
+"""Event-driven ternary synapses: ``u = scale * (codes @ s)`` for binary spikes ``s``; and the
+dense form of a convolutional projection (:func:`conv_as_dense`).
 
 For spikes, ``codes @ s`` is the sum of the code columns of the units that fired; with codes
 in {-1, 0, +1} these sums are exact integers, so the result equals the dense product
@@ -27,3 +28,24 @@ def ternary_event_matvec(s: torch.Tensor, codes_t: torch.Tensor, scale: torch.Te
     y = torch.zeros(lead.numel() * M, out_n, dtype=codes_t.dtype)
     y.index_add_(0, b * M + m, codes_t[m, i])
     return y.view(*lead, M, out_n) * scale
+
+
+def conv_output_shape(in_shape, channels: int, kernel: int, stride: int, padding: int
+                      ) -> tuple[int, int, int]:
+    """``(channels, H_out, W_out)`` of ``conv2d`` on ``in_shape = (C, H, W)``:
+    ``H_out = floor((H + 2 padding - kernel) / stride) + 1``."""
+    _, h, w = in_shape
+    return (channels, (h + 2 * padding - kernel) // stride + 1,
+            (w + 2 * padding - kernel) // stride + 1)
+
+
+def conv_as_dense(kernel: torch.Tensor, in_shape, stride: int = 1, padding: int = 0
+                  ) -> torch.Tensor:
+    """The dense matrix ``[C_out H_out W_out, C_in H W]`` of ``conv2d(x, kernel)`` (no bias) on
+    ``x`` of ``in_shape`` flattened in (C, H, W) order: ``conv(x).flatten() = D @ x.flatten()``.
+    Column j is the convolution of the j-th unit image (exact: each entry is one kernel value
+    or 0)."""
+    n = int(in_shape[0] * in_shape[1] * in_shape[2])
+    eye = torch.eye(n, dtype=kernel.dtype).view(n, *in_shape)
+    cols = torch.nn.functional.conv2d(eye, kernel, None, stride, padding)
+    return cols.reshape(n, -1).T.contiguous()

@@ -15,7 +15,7 @@ import torch
 from neurobit.config.checks import is_per_circuit, lif_kwargs, projection_shape
 from neurobit.config.schema import CircuitConfig, ProjectionConfig
 from neurobit.errors import ConfigError
-from neurobit.functional.synapse import ternary_event_matvec
+from neurobit.functional.synapse import conv_as_dense, ternary_event_matvec
 from neurobit.modules.bitlinear import BitLinear
 from neurobit.modules.lif_population import LIFPopulation
 from neurobit.sim.stimuli import StimulusSource
@@ -106,8 +106,12 @@ def _init_codes(pr: ProjectionConfig, shape: tuple[int, ...], recurrent: bool,
 
 
 def _load_checkpoint(pr: ProjectionConfig) -> torch.Tensor:
+    """The stored codes ``[target, source]``; a conv kernel is unrolled to that dense form."""
     from safetensors.torch import load_file
-    return load_file(pr.checkpoint)[pr.key].to(torch.float64)
+    w = load_file(pr.checkpoint)[pr.key].to(torch.float64)
+    if pr.conv is not None:
+        w = conv_as_dense(w, pr.conv.in_shape, pr.conv.stride, pr.conv.padding)
+    return w
 
 
 def build_network(cfg: CircuitConfig) -> Network:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from neurobit.errors import ConfigError
+from neurobit.functional.encoding import latency_code, rate_code, regular_code, spike_probability
 
 PRINTABLE = string.printable[:95]  # digits, letters, punctuation, space
 
@@ -30,7 +31,20 @@ def _window(start_ms: float, stop_ms: float | None, t0: int, k: int, dt_ms: floa
 
 
 def load_image(source: str) -> np.ndarray:
-    """Image as float64 [H, W] in [0, 1] from ``digits:<i>`` or a ``.npy`` file (no pickle)."""
+    """Image as float64 [H, W] in [0, 1] from ``digits:<i>``, ``fashion_mnist:<train|test>:<i>``
+    or ``mnist_10k:<train|test>:<i>`` (the data sets of ``neurobit.train.images``), or a
+    ``.npy`` file (no pickle)."""
+    kind = source.split(":", 1)[0]
+    if kind in ("fashion_mnist", "mnist_10k"):
+        from neurobit.train.images import load_images
+        parts = source.split(":")
+        if len(parts) != 3 or parts[1] not in ("train", "test") or not parts[2].isdigit():
+            raise ConfigError(f"image {source}: expected {kind}:<train|test>:<index>")
+        split = getattr(load_images(kind), parts[1])
+        i = int(parts[2])
+        if i >= len(split.labels):
+            raise ConfigError(f"image {source}: index must be 0..{len(split.labels) - 1}")
+        return split.as_float(i).astype(np.float64).reshape(28, 28)
     if source.startswith("digits:"):
         from sklearn.datasets import load_digits  # bundled 8x8 digits (CC BY 4.0)
         idx = source.split(":", 1)[1]
@@ -138,15 +152,13 @@ class StimulusSource:
             return out
         if self.kind == "image":
             inten = self._img.to(torch.float64)
+            if s.encoding == "latency":  # repeats every window, phase from the absolute step
+                fire = latency_code(inten, k, s.window_ms, dt, s.min_intensity, t0, self.dtype)
+                return fire.unsqueeze(1).expand(shape).contiguous()
+            p = spike_probability(inten, s.max_rate_hz, dt).expand(self.trials, -1)
             if s.encoding == "rate":
-                p = (inten * s.max_rate_hz * dt / 1000.0).view(1, 1, -1)
-                return (torch.rand(shape, generator=self.gen, dtype=torch.float64) < p).to(self.dtype)
-            # latency: one spike per pixel at step floor((1 - I) * window / dt), repeating per window
-            period = max(1, int(math.ceil(s.window_ms / dt)))
-            lat = torch.floor((1 - inten) * s.window_ms / dt).clamp_max(period - 1).long()
-            steps = torch.arange(t0, t0 + k).view(k, 1)
-            fire = ((steps % period) == lat.view(1, -1)) & (inten >= s.min_intensity).view(1, -1)
-            return fire.to(self.dtype).unsqueeze(1).expand(shape).contiguous()
+                return rate_code(p, k, self.gen, self.dtype)
+            return regular_code(p, k, t0, self.dtype)
         # text: token index changes every token_ms
         per = max(1, int(round(s.token_ms / dt)))
         idx = (torch.arange(t0, t0 + k) // per)
