@@ -444,6 +444,41 @@ def history(checkpoint: Path = typer.Argument(..., help="language-model checkpoi
     typer.echo("\n".join(lines))
 
 
+@app.command()
+def ablate(config: Path = typer.Argument(..., help="ablation YAML (experiment, base, variants, "
+                                         "seeds)"),
+           only: Optional[List[str]] = typer.Option(None, "--only", help="run only these "
+                                                    "variants (repeatable)"),
+           force: bool = typer.Option(False, "--force", help="redo finished runs whose "
+                                      "config changed"),
+           dry_run: bool = typer.Option(False, "--dry-run", help="validate and list the runs")):
+    """Run a grid of variants x seeds over a base experiment (resumes where it stopped), then
+    write OUT/results.md, results.json and ablation.png."""
+    from neurobit.ablation.config import load_ablation
+    from neurobit.ablation.grid import finished, run_dir, run_grid
+    from neurobit.ablation.table import write_results
+    try:
+        cfg, _ = load_ablation(config)
+        if only:
+            unknown = sorted(set(only) - {v.name for v in cfg.variants})
+            if unknown:
+                _fail(f"--only: unknown variants {unknown}")
+        if dry_run:
+            for v in cfg.variants:
+                for seed in cfg.seeds:
+                    done = finished(run_dir(Path(cfg.out), v.name, seed)) is not None
+                    typer.echo(f"{v.name} seed {seed}: {'done' if done else 'to run'}")
+            return
+        records = run_grid(cfg, force=force, only=only,
+                           log=lambda m: typer.echo(m, err=True))
+        command = "neurobit ablate " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else \
+            f"neurobit ablate {config}"
+        write_results(cfg, records, command)
+    except NeurobitError as e:
+        _fail(str(e).splitlines()[0])
+    typer.echo(f"{Path(cfg.out) / 'results.md'}")
+
+
 def main() -> None:  # console script entry point
     try:
         app()
