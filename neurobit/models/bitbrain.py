@@ -40,6 +40,7 @@ from torch.nn import functional as F
 
 from neurobit._schema import PositiveInt, Strict
 from neurobit.errors import ParameterError, ShapeError
+from neurobit.functional.encoding import encode
 from neurobit.functional.fast_weights import (check_fast_weight_parameters, fast_weight_init,
                                               fast_weight_read, fast_weight_update)
 from neurobit.functional.lif import LIFParameters, LIFState, initial_state, lif_step
@@ -124,8 +125,8 @@ def encode_images(images: torch.Tensor, T: int, encoding: str = "rate",
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Spike code of intensities ``images`` ``[B, N]`` in [0, 1] -> ``[T, B, N]`` in {0, 1}.
 
-    ``rate``: ``x_t ~ Bernoulli(I)`` i.i.d. (from ``generator``); ``regular``:
-    ``x_t = floor(t I + 1/2) - floor((t-1) I + 1/2)``, t = 1..T (``sum_t x_t = round(T I)``).
+    ``rate`` (Bernoulli(I) per step, from ``generator``) or ``regular`` (deterministic), as
+    in :mod:`neurobit.functional.encoding`.
     """
     if encoding not in ENCODINGS:
         raise ParameterError(f"encoding: unknown {encoding!r}; choose one of {list(ENCODINGS)}")
@@ -134,12 +135,9 @@ def encode_images(images: torch.Tensor, T: int, encoding: str = "rate",
     x = images.detach()
     if x.numel() and not bool(((x >= 0) & (x <= 1)).all()):
         raise ParameterError("images: intensities must lie in [0, 1]")
-    if encoding == "rate":
-        u = torch.rand((int(T), *x.shape), generator=generator, dtype=x.dtype, device=x.device)
-        return (u < x).to(x.dtype)
-    t = torch.arange(int(T) + 1, dtype=x.dtype, device=x.device).reshape(-1, *([1] * x.dim()))
-    c = torch.floor(t * x + 0.5)
-    return c[1:] - c[:-1]
+    # intensity I is the spike probability per step (max rate 1000 Hz at dt 1 ms)
+    return encode(x, encoding, int(T), max_rate_hz=1000.0, dt_ms=1.0, generator=generator,
+                  dtype=x.dtype)
 
 
 class BitBrain(nn.Module):
