@@ -37,6 +37,16 @@ class Variant(Strict):
     set: dict[str, Any] = Field(default_factory=dict, description="dotted key path -> value")
 
 
+class DecodeEval(Strict):
+    """LM runs only (``base.decode``): anti-collapse decoding of ``prompts`` held-out prompts
+    x ``tokens`` new tokens, with (``acc: true``) or without the ACC-driven meta-controller;
+    the table reports its seq-rep-4."""
+
+    acc: bool = True
+    prompts: int = Field(8, ge=0)
+    tokens: int = Field(100, ge=1)
+
+
 class AblationConfig(Strict):
     name: str = "ablation"
     experiment: Literal["vision", "lm"]
@@ -128,9 +138,15 @@ def load_ablation(path: str | Path) -> tuple[AblationConfig, list[dict]]:
         except ConfigError as e:
             raise where.error(("variants", i, "set"), str(e)) from None
         try:
-            probe = run
-            if cfg.experiment == "lm" and isinstance(run.get("model"), dict):
-                probe = {**run, "model": {"vocab_size": 2, **run["model"]}}
+            probe = dict(run)
+            if cfg.experiment == "lm":
+                try:
+                    DecodeEval.model_validate(probe.pop("decode", None) or {})
+                except ValidationError as e:
+                    err = e.errors()[0]
+                    raise where.error(("base", "decode") + tuple(err["loc"]), err["msg"]) from None
+                if isinstance(run.get("model"), dict):
+                    probe["model"] = {"vocab_size": 2, **run["model"]}
             validator.model_validate(probe)
         except ValidationError as e:
             raise _locate(e, v, i, where) from None

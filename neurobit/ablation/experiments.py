@@ -77,8 +77,9 @@ def run_lm(run: dict, out: Path, eval_batch: int, precision: str) -> dict:
     from neurobit.train.lm_step import lm_step_fn
     from neurobit.train.loop import lm_loss, train
     from neurobit.train.run_config import LMFileConfig, _tokenizer_for
+    from neurobit.ablation.config import DecodeEval
     run = dict(run)
-    decode = run.pop("decode", {}) or {}
+    decode = DecodeEval.model_validate(run.pop("decode", None) or {})
     d = LMFileConfig.model_validate({**run, "model": {"vocab_size": 2, **run["model"]}}).data
     split = split_corpus(d.source, d.val_fraction, d.val_documents)
     data = prepare(split, _tokenizer_for(split, d), d.cache_dir)
@@ -104,20 +105,20 @@ def run_lm(run: dict, out: Path, eval_batch: int, precision: str) -> dict:
                **_ops(summary, x.numel(), precision), "params": res.n_params,
                "packed_bytes": _lm_packed_bytes(model),
                "train_seconds": res.train_seconds, "steps": res.steps[-1] if res.steps else None}
-    n_prompts = int(decode.get("prompts", 8))
+    n_prompts = decode.prompts
     if n_prompts:
         tok = data.tokenizer()
         step = lm_step_fn(model, tok)
         valarr = data.arrays["val"]
         span = len(valarr) - 64
-        meta = MetaControllerConfig() if decode.get("acc", True) else None
+        meta = MetaControllerConfig() if decode.acc else None
         sampling = SamplingConfig(temperature=0.8, top_p=0.95, repetition_penalty=1.1,
                                   history_window=64)
         reps = []
         for i in range(n_prompts):
             s = int(i * span / n_prompts)
             r = generate(step, torch.tensor(valarr[s:s + 64].astype(int)),
-                         int(decode.get("tokens", 100)), sampling=sampling,
+                         decode.tokens, sampling=sampling,
                          detector=CollapseDetector(), seed=i, meta=meta,
                          retry_sampling=conservative(sampling))
             reps.append(seq_rep_n(r.tokens.tolist(), 4))
