@@ -469,13 +469,18 @@ def ablate(config: Path = typer.Argument(..., help="ablation YAML (experiment, b
                     done = finished(run_dir(Path(cfg.out), v.name, seed)) is not None
                     typer.echo(f"{v.name} seed {seed}: {'done' if done else 'to run'}")
             return
-        records = run_grid(cfg, force=force, only=only,
+        failures: list = []
+        records = run_grid(cfg, force=force, only=only, failures=failures,
                            log=lambda m: typer.echo(m, err=True))
         command = "neurobit ablate " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else \
             f"neurobit ablate {config}"
         write_results(cfg, records, command)
     except NeurobitError as e:
         _fail(str(e).splitlines()[0])
+    if failures:
+        v, seed, msg = failures[0]
+        _fail(f"{len(failures)} run(s) failed and stay unfinished (rerun to retry); first: "
+              f"{v} seed {seed}: {msg}")
     typer.echo(f"{Path(cfg.out) / 'results.md'}")
 
 

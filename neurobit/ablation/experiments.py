@@ -96,6 +96,10 @@ def run_lm(run: dict, out: Path, eval_batch: int, precision: str) -> dict:
     with torch.no_grad():
         val = sum(float(lm_loss(model, *data.get_batch("val", 16, block, gen)))
                   for _ in range(n_batches)) / n_batches
+    if not math.isfinite(val):  # diverged: nothing else to measure; the table says so
+        return {"quality": None, "diverged": True, "params": res.n_params,
+                "packed_bytes": _lm_packed_bytes(model), "train_seconds": res.train_seconds,
+                "steps": res.steps[-1] if res.steps else None}
     for block_mod in getattr(model, "blocks", []):  # count the recurrent synapses too
         if hasattr(block_mod, "fused_scan"):
             block_mod.fused_scan = False

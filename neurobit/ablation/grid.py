@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from neurobit.ablation.config import AblationConfig, config_hash, variant_config
-from neurobit.errors import ConfigError
+from neurobit.errors import ConfigError, NeurobitError
 
 DONE = "ablation.json"
 
@@ -50,9 +50,12 @@ def finished(folder: Path) -> dict | None:
 
 def run_grid(cfg: AblationConfig, runner: Callable[[dict, Path, int, str], dict] | None = None,
              force: bool = False, log: Callable[[str], None] = print,
-             only: list[str] | None = None) -> list[dict]:
-    """Run what is not finished; returns one record per (variant, seed) in grid order:
-    ``{"variant", "seed", "metrics", "reused"}``."""
+             only: list[str] | None = None, failures: list | None = None) -> list[dict]:
+    """Run what is not finished; returns one record per finished (variant, seed) in grid
+    order: ``{"variant", "seed", "metrics", "reused"}``. A run that raises a
+    :class:`NeurobitError` is logged, left unfinished (retried next time) and, if
+    ``failures`` is a list, appended to it as ``(variant, seed, message)``; without that list
+    the error propagates."""
     from neurobit.ablation.experiments import RUNNERS
     runner = runner or RUNNERS[cfg.experiment]
     out = Path(cfg.out)
@@ -84,7 +87,15 @@ def run_grid(cfg: AblationConfig, runner: Callable[[dict, Path, int, str], dict]
             (folder / "config.hash").write_text(h)
             log(f"[{n}/{total}] {v.name} seed {seed}: running")
             t0 = time.perf_counter()
-            metrics = runner(run, folder, cfg.eval_batch, cfg.energy_precision)
+            try:
+                metrics = runner(run, folder, cfg.eval_batch, cfg.energy_precision)
+            except NeurobitError as e:
+                if failures is None:
+                    raise
+                msg = str(e).splitlines()[0]
+                log(f"[{n}/{total}] {v.name} seed {seed}: FAILED: {msg}")
+                failures.append((v.name, seed, msg))
+                continue
             metrics["wall_seconds"] = time.perf_counter() - t0
             _write_json(folder / DONE, {"config_hash": h, "config": run, "metrics": metrics})
             records.append({"variant": v.name, "seed": seed, "metrics": metrics,

@@ -37,6 +37,7 @@ def aggregate(records: list[dict]) -> dict[str, dict]:
             ms = _mean_std([m.get(c) for m in runs])
             if ms is not None:
                 d[c] = list(ms)
+        d["diverged"] = sum(bool(m.get("diverged")) for m in runs)
         d["params"] = runs[0].get("params")
         d["packed_bytes"] = runs[0].get("packed_bytes")
     return out
@@ -99,8 +100,12 @@ def markdown(cfg: AblationConfig, agg: dict, command: str) -> str:
         d = agg.get(v.name)
         if d is None:
             continue
+        quality = _fmt(d.get('quality'), digits=4)
+        if d.get("diverged"):
+            quality = (f"diverged in {d['diverged']} of {d['n']}" +
+                       (f"; others {quality}" if d.get("quality") else ""))
         lines.append(
-            f"| {v.name} | {d['n']} | {_fmt(d.get('quality'), digits=4)} | "
+            f"| {v.name} | {d['n']} | {quality} | "
             f"{_fmt(d.get('activity'))} | {_si(d.get('acs'))} | {_si(d.get('macs'))} | "
             f"{_si(d.get('other_macs'))} | "
             f"{_energy(d.get('energy_j'))} | "

@@ -136,3 +136,36 @@ def test_cli_runs_the_grid_and_resumes(tmp_path):
     r2 = invoke("ablate", p)
     assert r2.exit_code == 0 and r2.stderr.count("done earlier, kept") == 6
     assert json.loads((out / "results.json").read_text())["aggregate"] == data["aggregate"]
+
+
+def test_a_failing_run_is_reported_and_retried_next_time(tmp_path):
+    from neurobit.errors import NeurobitError
+    cfg, _ = load_ablation(write(tmp_path))
+    calls, relu0 = [], []
+
+    def flaky(run, folder, eval_batch, precision):
+        calls.append(folder.parent.name)
+        if folder.parent.name == "relu" and run["train"]["seed"] == 0:
+            relu0.append(1)
+        if len(relu0) == 1 and folder.parent.name == "relu" and run["train"]["seed"] == 0:
+            raise NeurobitError("logits: must not contain NaN")
+        return fake_metrics(run, run["train"]["seed"])
+
+    failures = []
+    records = run_grid(cfg, flaky, log=lambda m: None, failures=failures)
+    assert failures == [("relu", 0, "logits: must not contain NaN")]
+    assert [(r["variant"], r["seed"]) for r in records] == [
+        ("lif", 0), ("lif", 1), ("relu", 1), ("float", 0), ("float", 1)]
+    calls.clear()
+    records = run_grid(cfg, flaky, log=lambda m: None, failures=failures)
+    assert calls == ["relu"] and len(records) == 6
+
+
+def test_diverged_runs_are_counted_in_the_table(tmp_path):
+    from neurobit.ablation.table import markdown
+    cfg, _ = load_ablation(write(tmp_path))
+    recs = [{"variant": "relu", "seed": s, "metrics": m} for s, m in enumerate([
+        {"quality": None, "diverged": True, "params": 1, "packed_bytes": 1},
+        {"quality": 0.5, "params": 1, "packed_bytes": 1}])]
+    md = markdown(cfg, aggregate(recs), "cmd")
+    assert "| relu | 2 | diverged in 1 of 2; others 0.5000 ± 0.0000 |" in md
