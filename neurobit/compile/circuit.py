@@ -90,8 +90,8 @@ def _run_config(path: Path, meta: dict, overrides: Sequence[str]) -> CircuitConf
         keys, value = parse_override(item)
         apply_override(data, keys, value, item)
     for pr in data.get("projections") or []:
-        if isinstance(pr, dict):
-            pr["checkpoint"] = pr["key"] = None
+        if isinstance(pr, dict):  # the stored codes are dense (a conv kernel is unrolled)
+            pr["checkpoint"] = pr["key"] = pr["conv"] = None
     for b in (data.get("blocks") or {}).values():
         if isinstance(b, dict):
             b["checkpoint"] = None

@@ -46,6 +46,13 @@ def conv_as_dense(kernel: torch.Tensor, in_shape, stride: int = 1, padding: int 
     Column j is the convolution of the j-th unit image (exact: each entry is one kernel value
     or 0)."""
     n = int(in_shape[0] * in_shape[1] * in_shape[2])
-    eye = torch.eye(n, dtype=kernel.dtype).view(n, *in_shape)
-    cols = torch.nn.functional.conv2d(eye, kernel, None, stride, padding)
-    return cols.reshape(n, -1).T.contiguous()
+    out_shape = conv_output_shape(in_shape, kernel.shape[0], kernel.shape[-1], stride, padding)
+    dense = torch.empty((out_shape[0] * out_shape[1] * out_shape[2], n), dtype=kernel.dtype)
+    for j0 in range(0, n, 1024):  # unit images in blocks: memory O(block x n), not O(n^2)
+        j1 = min(n, j0 + 1024)
+        eye = torch.zeros((j1 - j0, n), dtype=kernel.dtype)
+        eye[torch.arange(j1 - j0), torch.arange(j0, j1)] = 1
+        cols = torch.nn.functional.conv2d(eye.view(j1 - j0, *in_shape), kernel, None, stride,
+                                          padding)
+        dense[:, j0:j1] = cols.reshape(j1 - j0, -1).T
+    return dense
