@@ -13,7 +13,7 @@ from neurobit.ablation.experiments import QUALITY
 from neurobit.analysis.opcount import ENERGY_PJ
 
 COLUMNS = ("quality", "activity", "acs", "macs", "other_macs", "energy_j", "seq_rep_4",
-           "train_seconds")
+           "train_seconds", "steps")
 
 
 def _mean_std(xs: list) -> tuple[float, float] | None:
@@ -94,8 +94,8 @@ def markdown(cfg: AblationConfig, agg: dict, command: str) -> str:
         "is not included.",
         "- packed bytes: ternary weights at 2 bits, float parameters at 4 bytes.", "",
         f"| variant | seeds | {qname} | activity | AC/{per} | MAC/{per} | other MAC/{per} | "
-        f"energy/{per} | seq-rep-4 | params | packed bytes | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        f"energy/{per} | seq-rep-4 | params | packed bytes | train s | steps |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in cfg.variants:
         d = agg.get(v.name)
         if d is None:
@@ -110,7 +110,7 @@ def markdown(cfg: AblationConfig, agg: dict, command: str) -> str:
             f"{_si(d.get('other_macs'))} | "
             f"{_energy(d.get('energy_j'))} | "
             f"{_fmt(d.get('seq_rep_4'))} | {d['params']:,} | {d['packed_bytes']:,} | "
-            f"{_fmt(d.get('train_seconds'), digits=0)} |")
+            f"{_fmt(d.get('train_seconds'), digits=0)} | {_fmt(d.get('steps'), digits=0)} |")
     lines += ["", "Variants (overrides of the base):", ""]
     lines += [f"- `{v.name}`: " + (", ".join(f"`{k}={val}`" for k, val in v.set.items())
                                    or "the base") for v in cfg.variants]
