@@ -451,11 +451,14 @@ def ablate(config: Path = typer.Argument(..., help="ablation YAML (experiment, b
                                                     "variants (repeatable)"),
            force: bool = typer.Option(False, "--force", help="redo finished runs whose "
                                       "config changed"),
-           dry_run: bool = typer.Option(False, "--dry-run", help="validate and list the runs")):
+           dry_run: bool = typer.Option(False, "--dry-run", help="validate and list the runs"),
+           recount: bool = typer.Option(False, "--recount", help="re-measure operations and "
+                                        "energy of finished vision runs (no training), then "
+                                        "rewrite the table")):
     """Run a grid of variants x seeds over a base experiment (resumes where it stopped), then
     write OUT/results.md, results.json and ablation.png."""
     from neurobit.ablation.config import load_ablation
-    from neurobit.ablation.grid import finished, run_dir, run_grid
+    from neurobit.ablation.grid import finished, recount as recount_runs, run_dir, run_grid
     from neurobit.ablation.table import write_results
     try:
         cfg, _ = load_ablation(config)
@@ -469,6 +472,8 @@ def ablate(config: Path = typer.Argument(..., help="ablation YAML (experiment, b
                     done = finished(run_dir(Path(cfg.out), v.name, seed)) is not None
                     typer.echo(f"{v.name} seed {seed}: {'done' if done else 'to run'}")
             return
+        if recount:
+            recount_runs(cfg, log=lambda m: typer.echo(m, err=True))
         failures: list = []
         records = run_grid(cfg, force=force, only=only, failures=failures,
                            log=lambda m: typer.echo(m, err=True))

@@ -97,13 +97,19 @@ def report():
         "Per class: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in per_class.items()) + ".", "",
         "Training log (per epoch, training loss with augmentation and activity penalty): " +
         ", ".join(f"{e['loss']:.3f}" for e in res["log"]) + "."]
-    first = RUN.parent / "result_12epochs.json"
-    if first.is_file():  # the run's first schedule (see the config's header)
-        r12 = json.loads(first.read_text())["test"]
-        md += ["", f"History: the run was first trained with `epochs: 12` (test accuracy "
-               f"{100 * r12['accuracy']:.2f}%, activity {100 * r12['activity']:.1f}%), then "
-               "resumed from that checkpoint with `epochs: 24` (the cosine schedule recomputed: "
-               "a second, lower learning-rate cycle over epochs 13-24)."]
+    stages = sorted(RUN.parent.glob("result_*epochs.json"),
+                    key=lambda p: int(p.stem.split("_")[1].removesuffix("epochs")))
+    if stages:  # the run's earlier schedules (see the config's header)
+        parts = []
+        for p in stages:
+            r = json.loads(p.read_text())
+            parts.append(f"{r['epochs']:.0f} epochs: {100 * r['test']['accuracy']:.2f}% "
+                         f"(activity {100 * r['test']['activity']:.1f}%)")
+        md += ["", "History: the run was trained with a cosine schedule, then resumed from its "
+               "last checkpoint with a larger `epochs` (the schedule recomputed, so each "
+               "extension is another, lower learning-rate cycle); test accuracy at the end of "
+               "each schedule: " + "; ".join(parts) + f"; {res['epochs']:.0f} epochs: "
+               f"{100 * acc:.2f}%."]
     (HERE / "results" / "fmnist_classifier.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 

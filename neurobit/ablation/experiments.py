@@ -31,18 +31,25 @@ def _ops(summary, n: int, precision: str) -> dict:
 
 
 def run_vision(run: dict, out: Path, eval_batch: int, precision: str) -> dict:
-    from neurobit.train.classifier import VisionRunConfig, load_classifier, train_classifier
-    from neurobit.train.images import load_images
+    from neurobit.train.classifier import VisionRunConfig, train_classifier
     cfg = VisionRunConfig.model_validate(run)
     res = train_classifier(cfg, out)
-    model, _ = load_classifier(out)
+    return {"quality": res["test"]["accuracy"], "activity": res["test"]["activity"],
+            **vision_ops(out, eval_batch, precision), "params": res["n_params"],
+            "packed_bytes": res["packed_bytes"], "train_seconds": res["train_seconds"],
+            "steps": res["steps"]}
+
+
+def vision_ops(out: Path, eval_batch: int, precision: str) -> dict:
+    """Operations and energy per image of the trained classifier in ``out``, counted on the
+    first ``eval_batch`` test images."""
+    from neurobit.train.classifier import load_classifier
+    from neurobit.train.images import load_images
+    model, cfg = load_classifier(out)
     test = load_images(cfg.data.source, cfg.data.cache_dir).test
     x = torch.from_numpy(test.as_float(slice(0, eval_batch)))
     _, summary = count_ops(model, model, x, torch.Generator().manual_seed(0))
-    return {"quality": res["test"]["accuracy"], "activity": res["test"]["activity"],
-            **_ops(summary, len(x), precision), "params": res["n_params"],
-            "packed_bytes": res["packed_bytes"], "train_seconds": res["train_seconds"],
-            "steps": res["steps"]}
+    return _ops(summary, len(x), precision)
 
 
 def _lm_packed_bytes(model) -> int:

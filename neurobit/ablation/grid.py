@@ -101,3 +101,24 @@ def run_grid(cfg: AblationConfig, runner: Callable[[dict, Path, int, str], dict]
             records.append({"variant": v.name, "seed": seed, "metrics": metrics,
                             "reused": False})
     return records
+
+
+def recount(cfg: AblationConfig, log: Callable[[str], None] = print) -> int:
+    """Re-measure the operations and energy of every finished vision run (after a change of
+    the counting rules) without retraining; returns the number of runs updated."""
+    from neurobit.ablation.experiments import vision_ops
+    if cfg.experiment != "vision":
+        raise ConfigError("--recount: only vision grids can be recounted (LM runs count "
+                          "operations inside the run)")
+    n = 0
+    for v in cfg.variants:
+        for seed in cfg.seeds:
+            folder = run_dir(Path(cfg.out), v.name, seed)
+            done = finished(folder)
+            if done is None:
+                continue
+            done["metrics"].update(vision_ops(folder, cfg.eval_batch, cfg.energy_precision))
+            _write_json(folder / DONE, done)
+            log(f"{v.name} seed {seed}: recounted")
+            n += 1
+    return n

@@ -253,7 +253,10 @@ class OpCounter:
         def post(mod, args, out):
             flops = counter._flops_now() - starts.pop()
             x = args[0]
-            w = mod.weight
+            w, ternary = mod.weight, False
+            if callable(getattr(mod, "quantized", None)):  # a ternary conv (codes, scale)
+                w = mod.quantized().codes.detach()
+                ternary = getattr(mod, "quant", "absmean") != "float"
             if isinstance(mod, nn.Linear):
                 rows = x.numel() // mod.in_features
                 dense = rows * mod.in_features * mod.out_features
@@ -267,7 +270,7 @@ class OpCounter:
 
                 def ac(xm, wm):
                     return _conv_ac(mod, xm, wm)
-            counter._add(name, x, w, False, rows, dense, ac, flops)
+            counter._add(name, x, w, ternary, rows, dense, ac, flops)
 
         self._handles.append(layer.register_forward_pre_hook(pre))
         self._handles.append(layer.register_forward_hook(post))

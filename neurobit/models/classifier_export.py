@@ -80,6 +80,7 @@ def export_circuit(model: SpikingClassifier, out_yaml: str | Path, image_source:
     weights_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = weights_file.with_name(f".{weights_file.name}.tmp")
     save_file(tensors, tmp, metadata={"format": "neurobit-classifier-circuit"})
+    os.chmod(tmp, 0o644)
     os.replace(tmp, weights_file)
     header = (f"# {name}: a trained ternary spiking classifier ({len(cfg.layers)} LIF layers, "
               f"{cfg.steps} steps, {cfg.encoding} code)\n# exported by "

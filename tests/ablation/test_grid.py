@@ -169,3 +169,16 @@ def test_diverged_runs_are_counted_in_the_table(tmp_path):
         {"quality": 0.5, "params": 1, "packed_bytes": 1}])]
     md = markdown(cfg, aggregate(recs), "cmd")
     assert "| relu | 2 | diverged in 1 of 2; others 0.5000 ± 0.0000 |" in md
+
+
+def test_recount_remeasures_finished_vision_runs(tmp_path):
+    p = write(tmp_path, ABLATION.replace("seeds: [0, 1]", "seeds: [0]"))
+    assert invoke("ablate", p, "--only", "lif").exit_code == 0
+    f = tmp_path / "out" / "lif" / "seed0" / "ablation.json"
+    done = json.loads(f.read_text())
+    acs = done["metrics"]["acs"]
+    done["metrics"]["acs"] = 0.0
+    f.write_text(json.dumps(done))
+    r = invoke("ablate", p, "--only", "lif", "--recount")
+    assert r.exit_code == 0 and "lif seed 0: recounted" in r.stderr
+    assert json.loads(f.read_text())["metrics"]["acs"] == acs > 0

@@ -252,3 +252,20 @@ def test_backward_inside_the_block_lands_in_other_macs():
         lin(x).sum().backward()
     s = counter.summary()
     assert (s.macs, s.other_macs) == (120, 240)
+
+
+def test_ternary_conv_counts_its_codes_not_the_master_weights():
+    """A conv with a ``quantized()`` method (the spiking classifier's TernaryConv2d) is counted
+    with its ternary codes: zero codes are skipped, and dense inputs give accumulates."""
+    from neurobit.models.spiking_classifier import TernaryConv2d
+    torch.manual_seed(0)
+    conv = TernaryConv2d(1, 2, 3, 1, 0)
+    codes = conv.quantized().codes.detach()
+    nnz = int((codes != 0).sum())
+    assert 0 < nnz < codes.numel()  # some codes are 0 while every master weight is non-zero
+    x = torch.rand(1, 1, 5, 5) + 0.1  # dense, non-binary input: one add per non-zero code
+    _, s = count_ops(conv, conv, x)
+    assert s.macs == 0 and s.acs == 9 * nnz  # 3x3 output positions
+    spikes = torch.ones(1, 1, 5, 5)
+    _, s = count_ops(conv, conv, spikes)
+    assert s.acs == 9 * nnz and s.macs == 0

@@ -50,3 +50,22 @@ def test_ei_network_is_asynchronous_irregular(tmp_path):
     cc = correlation.correlation_matrix(trains[:100], 5.0, 100.0, t1)
     off = cc[~np.eye(len(cc), dtype=bool)]
     assert np.nanmean(off) < 0.1, np.nanmean(off)  # asynchronous: weak pairwise correlation
+
+
+def test_shipped_fmnist_classifier_classifies_its_image(tmp_path):
+    """The trained Fashion-MNIST classifier shipped as a circuit: its readout membrane after
+    the last step names the label written in the file's header, and every LIF layer fires."""
+    import re
+
+    from neurobit.models.classifier_export import predicted_class
+    path = Path(__file__).parents[2] / "sims" / "fmnist_classifier.yaml"
+    label = int(re.search(r"\(label (\d)\)", path.read_text()).group(1))
+    cfg = load_circuit(path)
+    simulate(cfg, tmp_path / "fmnist.h5")
+    with read_run(tmp_path / "fmnist.h5") as run:
+        _, _, v = run.report(run.reports[0])
+        assert v.shape == (6, 10, 1)
+        assert predicted_class(v[..., 0]) == label
+        for pop in ("layer1", "layer2", "layer3"):
+            rate = run.spike_counts(pop).sum() / (cfg.populations[pop].size * 6)
+            assert 0.005 < rate < 0.5, (pop, rate)
