@@ -16,12 +16,12 @@ over. A finished run whose config changed is an error unless ``force`` (then it 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Callable
 
+from neurobit._atomic import atomic_write_json
 from neurobit.ablation.config import AblationConfig, config_hash, variant_config
 from neurobit.errors import ConfigError, NeurobitError
 
@@ -30,12 +30,6 @@ DONE = "ablation.json"
 
 def run_dir(out: Path, variant: str, seed: int) -> Path:
     return out / variant / f"seed{seed}"
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
 
 
 def finished(folder: Path) -> dict | None:
@@ -97,7 +91,7 @@ def run_grid(cfg: AblationConfig, runner: Callable[[dict, Path, int, str], dict]
                 failures.append((v.name, seed, msg))
                 continue
             metrics["wall_seconds"] = time.perf_counter() - t0
-            _write_json(folder / DONE, {"config_hash": h, "config": run, "metrics": metrics})
+            atomic_write_json(folder / DONE, {"config_hash": h, "config": run, "metrics": metrics})
             records.append({"variant": v.name, "seed": seed, "metrics": metrics,
                             "reused": False})
     return records
@@ -118,7 +112,7 @@ def recount(cfg: AblationConfig, log: Callable[[str], None] = print) -> int:
             if done is None:
                 continue
             done["metrics"].update(vision_ops(folder, cfg.eval_batch, cfg.energy_precision))
-            _write_json(folder / DONE, done)
+            atomic_write_json(folder / DONE, done)
             log(f"{v.name} seed {seed}: recounted")
             n += 1
     return n

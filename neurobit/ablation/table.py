@@ -8,6 +8,7 @@ import os
 import platform
 from pathlib import Path
 
+from neurobit._atomic import atomic_write, atomic_write_text
 from neurobit.ablation.config import AblationConfig
 from neurobit.ablation.experiments import QUALITY
 from neurobit.analysis.opcount import ENERGY_PJ
@@ -140,10 +141,8 @@ def figure(cfg: AblationConfig, agg: dict, path: Path) -> None:
                 ax.set_ylim(lo - pad, hi + pad)
     fig.suptitle(f"ablation {cfg.name}: mean ± std over seeds {cfg.seeds}")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_results(cfg: AblationConfig, records: list[dict], command: str) -> dict:
@@ -153,8 +152,6 @@ def write_results(cfg: AblationConfig, records: list[dict], command: str) -> dic
                        ("results.json", json.dumps({"name": cfg.name, "experiment": cfg.experiment,
                                                     "seeds": cfg.seeds, "aggregate": agg,
                                                     "runs": records}, indent=2, default=float))):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+        atomic_write_text(out / name, text)
     figure(cfg, agg, out / "ablation.png")
     return agg

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from neurobit._atomic import atomic_write, atomic_write_text
 from neurobit.errors import NeurobitError, ParameterError
 
 HEAD = "HEAD"
@@ -40,37 +39,6 @@ def tensor_sha256(t: torch.Tensor) -> str:
     if t.numel():
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
-
-
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic(path: Path, write) -> int:
-    """Call ``write(tmp_path)``, fsync it, move it to ``path``; returns the bytes written."""
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        size = tmp.stat().st_size
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-    return size
-
-
-def atomic_write_text(path: Path, text: str) -> int:
-    return _atomic(Path(path), lambda p: Path(p).write_text(text))
 
 
 @dataclass
@@ -128,14 +96,14 @@ class IncrementalStore:
                              "shape": list(t.shape)}
             obj = self._object(sha)
             if not obj.exists():
-                nbytes += _atomic(obj, lambda p, t=t: save_file({"t": t.clone()}, str(p)))
+                nbytes += atomic_write(obj, lambda p, t=t: save_file({"t": t.clone()}, str(p)))
                 written.append(name)
         names = self.manifests()
         seq = int(names[-1]) + 1 if names else 0
         name = f"{seq:08d}"
         body = json.dumps({"tensors": entries, "meta": meta or {}, "parent": self.head()},
                           indent=1, sort_keys=True)
-        nbytes += _atomic(self.manifest_dir / f"{name}.json", lambda p: Path(p).write_text(body))
+        nbytes += atomic_write(self.manifest_dir / f"{name}.json", lambda p: Path(p).write_text(body))
         atomic_write_text(self.root / HEAD, name + "\n")
         return SaveInfo(name, written, nbytes)
 

@@ -38,9 +38,9 @@ from typing import Callable
 import torch
 from safetensors.torch import load_file, save_file
 
+from neurobit._atomic import atomic_write, atomic_write_text
 from neurobit.errors import NeurobitError, ParameterError
-from neurobit.memory.incremental import (IncrementalStore, _atomic, atomic_write_text,
-                                         tensor_sha256)
+from neurobit.memory.incremental import IncrementalStore, tensor_sha256
 
 UpdateFn = Callable[[torch.nn.Module, dict, dict], dict]
 UPDATES: dict[str, UpdateFn] = {}
@@ -138,7 +138,7 @@ class DataStore:
         if not p.exists():
             self.root.mkdir(parents=True, exist_ok=True)
             clean = {k: v.detach().cpu().contiguous().clone() for k, v in data.items()}
-            _atomic(p, lambda q: save_file(clean, str(q)))
+            atomic_write(p, lambda q: save_file(clean, str(q)))
         return sha
 
     def get(self, sha: str) -> dict[str, torch.Tensor]:

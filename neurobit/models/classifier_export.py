@@ -20,6 +20,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from neurobit._atomic import atomic_write, atomic_write_text
 from neurobit.errors import ParameterError
 from neurobit.models.spiking_classifier import SpikingClassifier, TernaryConv2d
 
@@ -78,17 +79,15 @@ def export_circuit(model: SpikingClassifier, out_yaml: str | Path, image_source:
                      "state": [{"population": "readout"}]},
     }
     weights_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = weights_file.with_name(f".{weights_file.name}.tmp")
-    save_file(tensors, tmp, metadata={"format": "neurobit-classifier-circuit"})
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, weights_file)
+    def write_weights(p):
+        save_file(tensors, p, metadata={"format": "neurobit-classifier-circuit"})
+        os.chmod(p, 0o644)
+    atomic_write(weights_file, write_weights)
     header = (f"# {name}: a trained ternary spiking classifier ({len(cfg.layers)} LIF layers, "
               f"{cfg.steps} steps, {cfg.encoding} code)\n# exported by "
               f"neurobit.models.classifier_export; the class is argmax of the readout membrane "
               f"at the last step\n")
-    tmp = out_yaml.with_name(f".{out_yaml.name}.tmp")
-    tmp.write_text(header + yaml.safe_dump(circuit, sort_keys=False))
-    os.replace(tmp, out_yaml)
+    atomic_write_text(out_yaml, header + yaml.safe_dump(circuit, sort_keys=False))
     return out_yaml
 
 

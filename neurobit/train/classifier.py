@@ -34,6 +34,7 @@ import yaml
 from pydantic import Field
 from safetensors.torch import load_file, save_file
 
+from neurobit._atomic import atomic_write, atomic_write_json, atomic_write_text
 from neurobit._schema import PositiveFloat, PositiveInt, Strict
 from neurobit.errors import ConfigError
 from neurobit.models.spiking_classifier import ClassifierConfig, SpikingClassifier
@@ -123,12 +124,6 @@ def _save_checkpoint(out: Path, model, opt, state: dict) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
-
-
 def load_classifier(path: str | Path) -> tuple[SpikingClassifier, VisionRunConfig]:
     """A trained classifier from a run directory (``config.yaml`` + ``model.safetensors``)."""
     path = Path(path)
@@ -149,7 +144,8 @@ def train_classifier(cfg: VisionRunConfig, out: str | Path, progress: bool = Fal
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"),
+                                                          sort_keys=False))
     data = load_images(cfg.data.source, cfg.data.cache_dir)
     train = data.train
     if cfg.data.train_subset:
@@ -221,8 +217,7 @@ def train_classifier(cfg: VisionRunConfig, out: str | Path, progress: bool = Fal
               "epochs": state["step"] / steps_per_epoch, "log": state["log"],
               "test": evaluate_classifier(model, data.test, tc.eval_batch),
               "n_params": model.n_params(), "packed_bytes": model.packed_nbytes()}
-    tmp = out / ".model.safetensors.tmp"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, out / "model.safetensors")
-    _write_json(out / "result.json", result)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(out / "model.safetensors", lambda p: save_file(state, p))
+    atomic_write_json(out / "result.json", result)  # last: marks the run done
     return result

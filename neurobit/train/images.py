@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from neurobit._atomic import atomic_write, atomic_write_json
 from neurobit.errors import ConfigError, ParameterError
 from neurobit.train.dataset import resolve_cache_dir
 
@@ -139,6 +140,11 @@ def _digits() -> tuple[ImageSplit, ImageSplit]:
 _READERS = {"fashion_mnist": _fashion_mnist, "mnist_10k": _mnist_10k, "digits": _digits}
 
 
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would add ".npy" to a path
+        np.save(f, np.ascontiguousarray(arr), allow_pickle=False)
+
+
 def load_images(source: str, cache_dir: str | Path | None = None) -> ImageData:
     """The train/test split of ``source`` (one of :data:`SOURCES`), cached memory-mapped."""
     if source not in _READERS:
@@ -152,12 +158,8 @@ def load_images(source: str, cache_dir: str | Path | None = None) -> ImageData:
     train, test = _READERS[source]()
     folder.mkdir(parents=True, exist_ok=True)
     for n, a in zip(names, (*train, *test)):
-        tmp = folder / f".{n}.npy.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(a), allow_pickle=False)
-        os.replace(tmp, folder / f"{n}.npy")
-    manifest = {"source": source, "train": len(train.labels), "test": len(test.labels)}
-    tmp = folder / f".manifest.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(manifest))
-    os.replace(tmp, folder / "manifest.json")
+        atomic_write(folder / f"{n}.npy", lambda p, a=a: _save_npy(p, a))
+    # written last: its presence marks a complete cache
+    atomic_write_json(folder / "manifest.json",
+                      {"source": source, "train": len(train.labels), "test": len(test.labels)})
     return ImageData(train, test, source)
