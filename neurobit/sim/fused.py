@@ -140,16 +140,23 @@ def _segments(alpha, theta, beta, p_tgt_start, p_tgt_n):  # pragma: no cover
 # more go through the generic loop. ``a_p`` is projection p's integer count per unit (zeroed after
 # use), ``s`` the previous spikes as uint8 (overwritten with the new ones); ``x - beta if s else
 # x`` is ``x - beta * s`` exactly (x - 0 == x). Each returns how many units fired.
+@njit(cache=True, inline="always")
+def _lif_unit(v, s, n, u, alpha, theta, beta):  # pragma: no cover
+    """``functional.lif`` for unit n in place: ``v = alpha v + u - beta s_prev``,
+    ``s = v > theta``; returns the new spike."""
+    x = alpha * v[n] + u
+    x = x - beta if s[n] else x
+    v[n] = x
+    f = x > theta
+    s[n] = f
+    return f
+
+
 @njit(cache=True)
 def _block_0(d, v, s, alpha, theta, beta, c0, c1):  # pragma: no cover
     fired = 0
     for n in range(uint64(c0), uint64(c1)):
-        x = alpha * v[n] + d[n]
-        x = x - beta if s[n] else x
-        v[n] = x
-        f = x > theta
-        s[n] = f
-        fired += f
+        fired += _lif_unit(v, s, n, d[n], alpha, theta, beta)
     return fired
 
 
@@ -159,12 +166,7 @@ def _block_1(d, v, s, alpha, theta, beta, c0, c1, a1, sc1):  # pragma: no cover
     for n in range(uint64(c0), uint64(c1)):
         u = d[n] + sc1 * v.dtype.type(a1[n])
         a1[n] = 0
-        x = alpha * v[n] + u
-        x = x - beta if s[n] else x
-        v[n] = x
-        f = x > theta
-        s[n] = f
-        fired += f
+        fired += _lif_unit(v, s, n, u, alpha, theta, beta)
     return fired
 
 
@@ -176,12 +178,7 @@ def _block_2(d, v, s, alpha, theta, beta, c0, c1, a1, sc1, a2, sc2):  # pragma: 
         u = u + sc2 * v.dtype.type(a2[n])
         a1[n] = 0
         a2[n] = 0
-        x = alpha * v[n] + u
-        x = x - beta if s[n] else x
-        v[n] = x
-        f = x > theta
-        s[n] = f
-        fired += f
+        fired += _lif_unit(v, s, n, u, alpha, theta, beta)
     return fired
 
 
@@ -197,12 +194,7 @@ def _block_n(d, v, s, alpha, theta, beta, c0, c1, acc, first, live, n_live, acc_
             i = acc_base[live[j]] + first + n
             u = u + p_scale[live[j]] * v.dtype.type(acc[i])
             acc[i] = 0
-        x = alpha * v[n] + u
-        x = x - beta if s[n] else x
-        v[n] = x
-        f = x > theta
-        s[n] = f
-        fired += f
+        fired += _lif_unit(v, s, n, u, alpha, theta, beta)
     return fired
 
 
