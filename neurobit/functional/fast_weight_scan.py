@@ -2,7 +2,9 @@
 
 ``fast_weight_scan(M0, K, V, lam, eta, clip)`` returns ``M_0 .. M_T`` ``[T+1, B, d, d]`` for keys
 and values ``K``, ``V`` ``[T, B, C, d]``, by the update of :mod:`neurobit.functional.fast_weights`
-(the same functions called step by step, so the forward values are identical)::
+(the writes ``sum_i k_i v_i^T`` of all steps as one batched matrix product, then the
+recurrence in a numba kernel with the same float operations as :func:`fast_weight_update`, so
+the forward values are identical to calling it step by step)::
 
     P_{t+1} = lam M_t + eta sum_i k_{t,i} v_{t,i}^T,     M_{t+1} = clamp(P_{t+1}, -c, c)
 
@@ -11,9 +13,9 @@ torch's ``clamp`` uses)::
 
     G_t += lam D_{t+1};   dL/dk_{t,i} = eta D_{t+1} v_{t,i};   dL/dv_{t,i} = eta D_{t+1}^T k_{t,i}
 
-The backward runs as one numba kernel over the batch, without the per-step autograd graph
-(autograd through the loop costs three small ops per step). Gradients agree with autograd
-through the loop (tests).
+The backward runs the recurrence of ``G`` in a numba kernel over the batch, without the
+per-step autograd graph, and the key and value gradients of all steps as two batched matrix
+products. Gradients agree with autograd through the loop (tests).
 """
 from __future__ import annotations
 
@@ -22,61 +24,66 @@ import torch
 from numba import njit, prange
 
 from neurobit.errors import ShapeError
-from neurobit.functional.fast_weights import (fast_weight_clip, fast_weight_update,
-                                              fast_weight_write)
+from neurobit.functional.fast_weights import fast_weight_outer, fast_weight_update
 from neurobit.functional.numba_threads import keep_torch_threads
 
 
 @njit(parallel=True, cache=True)
-def _fast_weight_backward(P, K, V, lam, eta, clip, g_M, g_M0, g_K, g_V):  # pragma: no cover
-    """``P`` pre-clamp ``[T, B, d, d]``; ``g_M`` ``[T+1, B, d, d]`` (gradients of M_0..M_T)."""
+def _fast_weight_forward(M0, KV, lam, eta, clip, P, Ms):  # pragma: no cover
+    """``P[t] = lam M_t + eta KV[t]`` and ``M_{t+1} = clamp(P[t], -clip, clip)`` for every step:
+    ``M0`` ``[B, d, d]``, ``KV`` and ``P`` ``[T, B, d, d]``, ``Ms`` ``[T+1, B, d, d]`` (M_0..M_T).
+    The same float operations as :func:`fast_weight_write` then :func:`fast_weight_clip`; a NaN
+    passes the clamp, as in torch."""
+    T, B, d, _ = KV.shape
+    for b in prange(B):
+        Ms[0, b] = M0[b]
+        for t in range(T):
+            m_in, m_out, kv, p = Ms[t, b], Ms[t + 1, b], KV[t, b], P[t, b]
+            for x in range(d):
+                for y in range(d):
+                    px = lam * m_in[x, y] + eta * kv[x, y]
+                    p[x, y] = px
+                    if px < -clip:
+                        px = -clip
+                    elif px > clip:
+                        px = clip
+                    m_out[x, y] = px
+
+
+@njit(parallel=True, cache=True)
+def _fast_weight_adjoint(P, lam, clip, g_M, D, g_M0):  # pragma: no cover
+    """``D[t] = G_{t+1} * 1[-c <= P[t] <= c]`` and ``G_t = lam D[t] + dL/dM_t`` backwards from
+    ``G_T = dL/dM_T``: ``P``, ``D`` ``[T, B, d, d]``; ``g_M`` ``[T+1, B, d, d]``; ``g_M0 = G_0``."""
     T, B, d, _ = P.shape
-    C = K.shape[2]
     zero = P.dtype.type(0.0)
     for b in prange(B):
         G = g_M[T, b].copy()
-        D = np.empty((d, d), dtype=P.dtype)
         for t in range(T - 1, -1, -1):
-            Pt = P[t, b]
+            Pt, Dt, gt = P[t, b], D[t, b], g_M[t, b]
             for x in range(d):
                 for y in range(d):
                     p = Pt[x, y]
-                    D[x, y] = G[x, y] if (p >= -clip and p <= clip) else zero
-            for i in range(C):
-                k = K[t, b, i]
-                v = V[t, b, i]
-                gk = g_K[t, b, i]
-                gv = g_V[t, b, i]
-                gv[:] = zero
-                for x in range(d):
-                    acc = zero
-                    kx = k[x]
-                    for y in range(d):
-                        acc += D[x, y] * v[y]
-                        gv[y] += D[x, y] * kx
-                    gk[x] = eta * acc
-                for y in range(d):
-                    gv[y] *= eta
-            gt = g_M[t, b]
-            for x in range(d):
-                for y in range(d):
-                    G[x, y] = lam * D[x, y] + gt[x, y]
+                    dxy = G[x, y] if (p >= -clip and p <= clip) else zero
+                    Dt[x, y] = dxy
+                    G[x, y] = lam * dxy + gt[x, y]
         g_M0[b] = G
 
 
 class _FastWeightScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, M0, K, V, lam: float, eta: float, clip: float):
-        M, Ms, Ps = M0.detach(), [M0.detach()], []
-        for k, v in zip(K.detach().unbind(0), V.detach().unbind(0)):
-            P = fast_weight_write(M, k, v, lam, eta)
-            M = fast_weight_clip(P, clip)
-            Ps.append(P)
-            Ms.append(M)
-        ctx.save_for_backward(torch.stack(Ps, 0), K.detach().contiguous(),
-                              V.detach().contiguous())
+        T, B, _, d = K.shape
+        dt = K.dtype
+        KV = fast_weight_outer(K.detach(), V.detach()).contiguous()     # [T, B, d, d]
+        P = torch.empty_like(KV)
+        Ms = torch.empty(T + 1, B, d, d, dtype=dt)
+        with keep_torch_threads():
+            _fast_weight_forward(M0.detach().to(dt).contiguous().numpy(), KV.numpy(),
+                                 dt_scalar(lam, dt), dt_scalar(eta, dt), dt_scalar(clip, dt),
+                                 P.numpy(), Ms.numpy())
+        ctx.save_for_backward(P, K.detach(), V.detach())
         ctx.params = (lam, eta, clip)
-        return torch.stack(Ms, 0)
+        return Ms
 
     @staticmethod
     def backward(ctx, g_M):
@@ -84,12 +91,12 @@ class _FastWeightScan(torch.autograd.Function):
         lam, eta, clip = ctx.params
         dt = P.dtype
         g_M = g_M.to(dt).contiguous()
-        g_M0 = torch.empty_like(P[0])
-        g_K, g_V = torch.empty_like(K), torch.empty_like(V)
+        g_M0, D = torch.empty_like(P[0]), torch.empty_like(P)
         with keep_torch_threads():
-            _fast_weight_backward(P.numpy(), K.numpy(), V.numpy(), dt_scalar(lam, dt),
-                                  dt_scalar(eta, dt), dt_scalar(clip, dt), g_M.numpy(),
-                                  g_M0.numpy(), g_K.numpy(), g_V.numpy())
+            _fast_weight_adjoint(P.numpy(), dt_scalar(lam, dt), dt_scalar(clip, dt),
+                                 g_M.numpy(), D.numpy(), g_M0.numpy())
+        g_K = eta * torch.matmul(V, D.transpose(-1, -2))   # dL/dk_i = eta D v_i
+        g_V = eta * torch.matmul(K, D)                      # dL/dv_i = eta D^T k_i
         return g_M0, g_K, g_V, None, None, None
 
 

@@ -90,11 +90,19 @@ def fast_weight_clip(P: torch.Tensor, clip: float) -> torch.Tensor:
     return torch.clamp(P, -clip, clip)
 
 
+def fast_weight_outer(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The write of one step, ``sum_i k_i v_i^T``: ``[..., C, d]`` -> ``[..., d, d]`` (any leading
+    dimensions; a sequence's writes are one batched matrix product)."""
+    return torch.matmul(k.transpose(-1, -2), v)
+
+
 def fast_weight_write(M: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lam: float,
                       eta: float) -> torch.Tensor:
-    """The update before the clip: ``lam * M + eta * sum_i k_i v_i^T`` ``[B, d, d]``."""
-    # baddbmm: lam * M + eta * (k^T v), with (k^T v)[b] = sum_i k_i v_i^T, in one kernel
-    return torch.baddbmm(M, k.transpose(1, 2), v, beta=lam, alpha=eta)
+    """The update before the clip: ``lam * M + eta * sum_i k_i v_i^T`` ``[B, d, d]``.
+
+    Three separate float operations (no fused multiply-add), the order the scan's kernel
+    (:mod:`neurobit.functional.fast_weight_scan`) repeats, so both give identical memories."""
+    return lam * M + eta * fast_weight_outer(k, v)
 
 
 def fast_weight_read(M: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

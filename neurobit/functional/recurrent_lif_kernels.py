@@ -71,8 +71,8 @@ def recurrent_lif_forward(x, codes_t, scale, alpha, theta, beta, v0, s0, K, r_ou
 
 
 @njit(parallel=True, cache=False)  # not cached: see lif_kernels
-def recurrent_lif_backward(v_trace, codes, scale, alpha, theta, beta, s0, K, sg_fn, slope,
-                           detach_reset, g_r, g_vT, g_sT, g_x, g_w_pairs, g_v0,
+def recurrent_lif_backward(v_trace, codes, scale, alpha, theta, beta, K, sg_fn, slope,
+                           detach_reset, g_r, g_vT, g_sT, g_x, g_trace, g_v0,
                            g_s0):  # pragma: no cover
     """Reverse-time adjoint of :func:`recurrent_lif_forward`.
 
@@ -80,17 +80,16 @@ def recurrent_lif_backward(v_trace, codes, scale, alpha, theta, beta, s0, K, sg_
 
         gs_n = dL/dr_t / K + W^T G_{n+1} - (not detach_reset) beta G_{n+1}   (+ dL/ds_end at n = last)
         G_n  = gs_n sg_n + alpha G_{n+1}                                      (+ dL/dv_end at n = last)
-        dL/dx_t = sum_{n in t} G_n;   dL/dW_c += G_n s_{n-1}^T  (per pair, summed by the caller)
+        dL/dx_t = sum_{n in t} G_n
         dL/dv_0 = alpha G_0;  dL/ds_0 = W^T G_0 - (not detach_reset) beta G_0
 
-    ``g_w_pairs`` ``[B*C, N, N]`` receives ``(sum_n G_n s_{n-1}^T)^T`` per (batch, circuit) pair
-    (transposed, so the accumulation runs along contiguous memory).
+    ``g_trace`` ``[B, C, T*K, N]`` receives every ``G_n``; the caller forms the weight gradient
+    ``dL/dW_c = sum_{b, n} G_n s_{n-1}^T`` from it as one batched matrix product (BLAS), which
+    is faster than accumulating it here step by step.
     """
     B, C, NK, N = v_trace.shape
-    T = NK // K
     zero = v_trace.dtype.type(0.0)
-    one = v_trace.dtype.type(1.0)
-    inv_k = one / v_trace.dtype.type(K)
+    inv_k = v_trace.dtype.type(1.0) / v_trace.dtype.type(K)
     g_x[:] = zero
     for pair in prange(B * C):
         b = pair // C
@@ -101,14 +100,13 @@ def recurrent_lif_backward(v_trace, codes, scale, alpha, theta, beta, s0, K, sg_
         sc = scale[c]
         G = np.zeros(N, dtype=v_trace.dtype)      # G_{n+1}
         back = np.zeros(N, dtype=v_trace.dtype)   # W^T G_{n+1}
-        gw = g_w_pairs[pair]
-        gw[:, :] = zero
         for n in range(NK - 1, -1, -1):
             t = n // K
             last = n == NK - 1
             grt = g_r[b, t, c]
             vn = v_trace[b, c, n]
             gxt = g_x[b, t, c]
+            gtn = g_trace[b, c, n]
             for j in range(N):
                 gs = grt[j] * inv_k + back[j]
                 if last:
@@ -119,17 +117,8 @@ def recurrent_lif_backward(v_trace, codes, scale, alpha, theta, beta, s0, K, sg_
                 if last:
                     Gj = Gj + g_vT[b, c, j]
                 G[j] = Gj
+                gtn[j] = Gj
                 gxt[j] += Gj
-            # s_{n-1}: recomputed from the trace (the same comparison as the forward)
-            for j in range(N):
-                if n > 0:
-                    sp = one if v_trace[b, c, n - 1, j] > th[j] else zero
-                else:
-                    sp = s0[b, c, j]
-                if sp != zero:
-                    gwj = gw[j]                   # transposed: contiguous over i
-                    for i in range(N):
-                        gwj[i] += G[i] * sp
             back[:] = zero
             for i in range(N):
                 Gi = G[i] * sc

@@ -11,9 +11,11 @@ rates ``r`` ``[B, T, C, N]`` of C circuits whose recurrent synapses are ``W_c = 
 (:mod:`neurobit.functional.recurrent_lif_kernels` has the step order). It is the same
 computation as looping :meth:`MicroCircuitBank.step_from_current` K times per token and
 averaging (the spikes are identical; gradients agree with autograd through that loop), without
-the per-step autograd graph: the forward and the hand-written backward are numba kernels,
-and the backward stores only the membrane trace ``[B, C, T*K, N]``. Gradients flow to ``x``,
-``codes`` (the straight-through estimator of the caller), ``scale`` and the initial state.
+the per-step autograd graph: the forward and the hand-written backward are numba kernels
+(the backward's weight gradient is one batched matrix product of the adjoint trace with the
+spikes), and only the membrane trace ``[B, C, T*K, N]`` is kept for the backward. Gradients
+flow to ``x``, ``codes`` (the straight-through estimator of the caller), ``scale`` and the
+initial state.
 Parameters (alpha, theta, beta) that require grad are not supported (``fused_ok`` says so).
 """
 from __future__ import annotations
@@ -72,15 +74,18 @@ class _RecurrentLIFScan(torch.autograd.Function):
                               else g.to(dt).contiguous())
         g_r, g_vT, g_sT = z(g_r, (B, T, C, N)), z(g_vT, (B, C, N)), z(g_sT, (B, C, N))
         g_x = torch.empty(B, T, C, N, dtype=dt)
-        g_w_pairs = torch.empty(B * C, N, N, dtype=dt)
+        g_trace = torch.empty(B, C, NK, N, dtype=dt)                 # G_n = dL/dv_n
         g_v0, g_s0 = torch.empty(B, C, N, dtype=dt), torch.empty(B, C, N, dtype=dt)
         with keep_torch_threads():
             recurrent_lif_backward(v_trace.numpy(), cd.numpy(), sc.numpy(), alpha.numpy(),
-                                   theta.numpy(), beta.numpy(), s0c.numpy(), ctx.K,
+                                   theta.numpy(), beta.numpy(), ctx.K,
                                    _jitted_surrogate(p.surrogate), float(p.slope),
                                    bool(p.detach_reset), g_r.numpy(), g_vT.numpy(), g_sT.numpy(),
-                                   g_x.numpy(), g_w_pairs.numpy(), g_v0.numpy(), g_s0.numpy())
-        g_w = g_w_pairs.view(B, C, N, N).sum(0).transpose(1, 2)      # dL/dW, W = scale * codes
+                                   g_x.numpy(), g_trace.numpy(), g_v0.numpy(), g_s0.numpy())
+        # s_{n-1}, recomputed from the trace by the forward's comparison (s_{-1} = s0)
+        s_prev = torch.cat([s0c.unsqueeze(2),
+                            (v_trace[:, :, :-1] > theta[None, :, None, :]).to(dt)], 2)
+        g_w = torch.matmul(g_trace.transpose(2, 3), s_prev).sum(0)   # dL/dW, W = scale * codes
         g_codes = (g_w * sc[:, None, None]).to(codes.dtype) if ctx.needs_input_grad[1] else None
         g_scale = None
         if ctx.needs_input_grad[2]:
