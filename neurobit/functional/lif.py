@@ -78,6 +78,26 @@ def tau_from_alpha(alpha: float, dt_ms: float) -> float:
     return -dt_ms / math.log(alpha)
 
 
+def alpha_spread(alpha_min: float, alpha_max: float, n: int) -> torch.Tensor:
+    """Decays of ``n`` units whose time constants ``tau = -1 / ln(alpha)`` (in steps) are spaced
+    geometrically from ``tau(alpha_min)`` to ``tau(alpha_max)``: ``[n]`` float64, ascending.
+
+    Heterogeneous membrane time constants give one population memories on several time scales
+    (Perez-Nieves et al., Nat. Commun. 12, 5791, 2021). ``n == 1`` gives ``[alpha_max]``.
+    """
+    check_alpha(alpha_min, "alpha_min")
+    check_alpha(alpha_max, "alpha_max")
+    if alpha_min > alpha_max:
+        raise ParameterError(f"alpha_min: {alpha_min} exceeds alpha_max={alpha_max}")
+    if int(n) < 1:
+        raise ParameterError(f"n: must be >= 1, got {n}")
+    lo, hi = -1.0 / math.log(alpha_min), -1.0 / math.log(alpha_max)
+    if n == 1:
+        return torch.tensor([alpha_max], dtype=torch.float64)
+    tau = torch.logspace(math.log10(lo), math.log10(hi), int(n), dtype=torch.float64)
+    return torch.exp(-1.0 / tau)
+
+
 def _as_tensor(x: Scalar) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.tensor(float(x))
 

@@ -48,7 +48,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from neurobit.errors import ShapeError
-from neurobit.functional.lif import lif_rate_step
+from neurobit.functional.lif import alpha_spread, lif_rate_step
 from neurobit.functional.recurrent_lif_scan import fused_ok, recurrent_lif_scan
 from neurobit.functional.surrogate import spike
 from neurobit.models.embedding import HierarchicalEmbedding
@@ -96,7 +96,8 @@ class BrainBlock(nn.Module):
         if cfg.ffn == "circuits":
             with torch.no_grad():
                 self.norm.weight.fill_(cfg.drive)
-            self.bank = MicroCircuitBank(C, d, N, None, recurrent=True, quant=q, alpha=cfg.alpha,
+            alpha = cfg.alpha if cfg.alpha_min is None else alpha_spread(cfg.alpha_min, cfg.alpha, N)
+            self.bank = MicroCircuitBank(C, d, N, None, recurrent=True, quant=q, alpha=alpha,
                                          theta=cfg.theta, surrogate=cfg.surrogate,
                                          slope=cfg.slope)
             self.readout = BitLinear(N, D, quant=q, banks=C)

@@ -51,7 +51,12 @@ class BrainLMConfig(EmbeddingFields):
     n_units: PositiveInt = Field(64, description="N LIF units per circuit")
     d_circuit: PositiveInt = Field(32, description="readout size D of each circuit")
     spike_steps: PositiveInt = Field(2, description="LIF steps per token")
-    alpha: float = Field(0.9, gt=0, lt=1, description="membrane decay per LIF step")
+    alpha: float = Field(0.9, gt=0, lt=1, description="membrane decay per LIF step (the "
+                         "slowest unit's with alpha_min)")
+    alpha_min: Optional[float] = Field(
+        None, gt=0, lt=1, description="heterogeneous time constants: the units of each "
+        "circuit get decays from alpha_min to alpha, time constants -1/ln(alpha) spaced "
+        "geometrically (functional.lif.alpha_spread); None: every unit decays by alpha")
     theta: PositiveFloat = Field(1.0, description="LIF threshold")
     surrogate: Literal["fast_sigmoid", "arctan", "hard_sigmoid"] = "fast_sigmoid"
     slope: PositiveFloat = Field(4.0, description="surrogate-gradient slope")
@@ -90,6 +95,8 @@ class BrainLMConfig(EmbeddingFields):
         if self.n_circuits % self.hub_groups:
             raise ValueError(f"hub_groups: {self.hub_groups} groups do not divide "
                              f"n_circuits={self.n_circuits}")
+        if self.alpha_min is not None and self.alpha_min > self.alpha:
+            raise ValueError(f"alpha_min: {self.alpha_min} exceeds alpha={self.alpha}")
         group = self.n_circuits // self.hub_groups
         if self.hub_inhibition == "kwta" and self.hub_k > group:
             raise ValueError(f"hub_k: kwta keeps hub_k={self.hub_k} circuits per hub group but "

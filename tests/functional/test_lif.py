@@ -31,8 +31,8 @@ import pytest
 import torch
 
 from neurobit.errors import ParameterError, ShapeError
-from neurobit.functional.lif import (LIFParameters, LIFState, alpha_from_tau, initial_state,
-                                     lif_loop, lif_step, tau_from_alpha)
+from neurobit.functional.lif import (LIFParameters, LIFState, alpha_from_tau, alpha_spread,
+                                     initial_state, lif_loop, lif_step, tau_from_alpha)
 
 F64 = torch.float64
 
@@ -235,3 +235,23 @@ def test_lif_loop_empty_sequence():
     s, out = lif_loop(torch.zeros(0, 2), st, LIFParameters())
     assert s.shape == (0, 2)
     assert torch.equal(out.v, st.v) and torch.equal(out.s, st.s)
+
+
+def test_alpha_spread_time_constants_are_geometric():
+    """alpha_spread: endpoints are the given decays; time constants -1/ln(alpha) have a constant
+    ratio between neighbours (tau 1.44 .. 99.5 steps for 0.5 .. 0.99 over 8 units: ratio
+    (99.5 / 1.44)^(1/7) = 1.83)."""
+    a = alpha_spread(0.5, 0.99, 8)
+    assert a.shape == (8,) and a.dtype == torch.float64
+    assert math.isclose(a[0].item(), 0.5, rel_tol=1e-12)
+    assert math.isclose(a[-1].item(), 0.99, rel_tol=1e-12)
+    tau = -1.0 / torch.log(a)
+    ratio = tau[1:] / tau[:-1]
+    want = (math.log(0.5) / math.log(0.99)) ** (1 / 7)
+    assert torch.allclose(ratio, torch.full_like(ratio, want), rtol=1e-12)
+    assert math.isclose(want, 1.83, rel_tol=1e-2)
+    assert torch.equal(alpha_spread(0.3, 0.9, 1), torch.tensor([0.9], dtype=torch.float64))
+    with pytest.raises(ParameterError, match="alpha_min"):
+        alpha_spread(0.9, 0.5, 4)
+    with pytest.raises(ParameterError, match="alpha_max"):
+        alpha_spread(0.5, 1.0, 4)

@@ -23,6 +23,7 @@ VARIANTS = {
     "mlp": dict(ffn="mlp"),
     "feedback": dict(hub_feedback=True),
     "sinusoidal": dict(position="sinusoidal"),
+    "heterogeneous": dict(alpha_min=0.5, alpha=0.97),
     "all_standard": dict(neuron="gelu", weights="float", mixer="attention", ffn="mlp"),
 }
 
@@ -67,7 +68,7 @@ def test_causal(name):
 
 
 @pytest.mark.parametrize("name", ["default", "relu", "attention", "feedback", "mlp",
-                                  "sinusoidal"])
+                                  "sinusoidal", "heterogeneous"])
 def test_step_equals_sequence(name):
     """The recurrent equivalence: feeding tokens one at a time with the carried state gives the
     logits of the whole-sequence pass; so does splitting the sequence in two chunks."""
@@ -180,16 +181,20 @@ def test_config_errors_name_the_key():
         BrainLMConfig(vocab_size=5, n_circuits=4, hub_groups=3)
     with pytest.raises(pydantic.ValidationError, match="neuron"):
         BrainLMConfig(vocab_size=5, neuron="tanh")
+    with pytest.raises(pydantic.ValidationError, match="alpha_min"):
+        BrainLMConfig(vocab_size=5, alpha=0.8, alpha_min=0.9)
     run = LMRunConfig.model_validate({"model": {"kind": "gpt", "vocab_size": 7}})
     assert run.model.kind == "gpt" and run.train.steps == 1000
 
 
+@pytest.mark.parametrize("name", ["default", "heterogeneous"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-4)])
-def test_fused_circuit_scan_equals_module_loop(dtype, tol):
+def test_fused_circuit_scan_equals_module_loop(dtype, tol, name):
     """The fused numba scan of the circuits (+ the hub's fused memory backward) against the
     per-token module loop: identical spikes, hence logits equal to rounding, and the gradients
-    of every parameter agree (float64 1e-10, float32 2e-4 relative to the largest entry)."""
-    m = make(dtype=dtype)
+    of every parameter agree (float64 1e-10, float32 2e-4 relative to the largest entry);
+    also with a different decay per unit (``alpha_min``)."""
+    m = make(dtype=dtype, **VARIANTS[name])
     x, w = tokens(3, 20)
     results = []
     for fused in (False, True):
