@@ -71,8 +71,8 @@ def recurrent_lif_forward(x, codes_t, scale, alpha, theta, beta, v0, s0, K, r_ou
 
 
 @njit(parallel=True, cache=False)  # not cached: see lif_kernels
-def recurrent_lif_backward(v_trace, codes, scale, alpha, theta, beta, K, sg_fn, slope,
-                           detach_reset, g_r, g_vT, g_sT, g_x, g_trace, g_v0,
+def recurrent_lif_backward(v_trace, codes, scale, alpha, theta, beta, s0, K, sg_fn, slope,
+                           detach_reset, g_r, g_vT, g_sT, g_x, g_trace, s_prev, g_v0,
                            g_s0):  # pragma: no cover
     """Reverse-time adjoint of :func:`recurrent_lif_forward`.
 
@@ -83,13 +83,15 @@ def recurrent_lif_backward(v_trace, codes, scale, alpha, theta, beta, K, sg_fn, 
         dL/dx_t = sum_{n in t} G_n
         dL/dv_0 = alpha G_0;  dL/ds_0 = W^T G_0 - (not detach_reset) beta G_0
 
-    ``g_trace`` ``[B, C, T*K, N]`` receives every ``G_n``; the caller forms the weight gradient
-    ``dL/dW_c = sum_{b, n} G_n s_{n-1}^T`` from it as one batched matrix product (BLAS), which
-    is faster than accumulating it here step by step.
+    ``g_trace`` ``[B, C, T*K, N]`` receives every ``G_n`` and ``s_prev`` (same shape) every
+    ``s_{n-1}``, recomputed from the trace by the forward's comparison (``s_{-1} = s0``); the
+    caller forms the weight gradient ``dL/dW_c = sum_{b, n} G_n s_{n-1}^T`` from them as one
+    batched matrix product (BLAS), faster than accumulating it here step by step.
     """
     B, C, NK, N = v_trace.shape
     zero = v_trace.dtype.type(0.0)
-    inv_k = v_trace.dtype.type(1.0) / v_trace.dtype.type(K)
+    one = v_trace.dtype.type(1.0)
+    inv_k = one / v_trace.dtype.type(K)
     g_x[:] = zero
     for pair in prange(B * C):
         b = pair // C
@@ -107,6 +109,13 @@ def recurrent_lif_backward(v_trace, codes, scale, alpha, theta, beta, K, sg_fn, 
             vn = v_trace[b, c, n]
             gxt = g_x[b, t, c]
             gtn = g_trace[b, c, n]
+            spn = s_prev[b, c, n]
+            if n > 0:
+                vp = v_trace[b, c, n - 1]
+                for j in range(N):
+                    spn[j] = one if vp[j] > th[j] else zero
+            else:
+                spn[:] = s0[b, c]
             for j in range(N):
                 gs = grt[j] * inv_k + back[j]
                 if last:
@@ -119,7 +128,7 @@ def recurrent_lif_backward(v_trace, codes, scale, alpha, theta, beta, K, sg_fn, 
                 G[j] = Gj
                 gtn[j] = Gj
                 gxt[j] += Gj
-            back[:] = zero
+            back[:] = zero                               # W^T G_n
             for i in range(N):
                 Gi = G[i] * sc
                 if Gi != zero:

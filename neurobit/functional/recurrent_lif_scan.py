@@ -75,16 +75,15 @@ class _RecurrentLIFScan(torch.autograd.Function):
         g_r, g_vT, g_sT = z(g_r, (B, T, C, N)), z(g_vT, (B, C, N)), z(g_sT, (B, C, N))
         g_x = torch.empty(B, T, C, N, dtype=dt)
         g_trace = torch.empty(B, C, NK, N, dtype=dt)                 # G_n = dL/dv_n
+        s_prev = torch.empty(B, C, NK, N, dtype=dt)                  # s_{n-1}
         g_v0, g_s0 = torch.empty(B, C, N, dtype=dt), torch.empty(B, C, N, dtype=dt)
         with keep_torch_threads():
             recurrent_lif_backward(v_trace.numpy(), cd.numpy(), sc.numpy(), alpha.numpy(),
-                                   theta.numpy(), beta.numpy(), ctx.K,
+                                   theta.numpy(), beta.numpy(), s0c.numpy(), ctx.K,
                                    _jitted_surrogate(p.surrogate), float(p.slope),
                                    bool(p.detach_reset), g_r.numpy(), g_vT.numpy(), g_sT.numpy(),
-                                   g_x.numpy(), g_trace.numpy(), g_v0.numpy(), g_s0.numpy())
-        # s_{n-1}, recomputed from the trace by the forward's comparison (s_{-1} = s0)
-        s_prev = torch.cat([s0c.unsqueeze(2),
-                            (v_trace[:, :, :-1] > theta[None, :, None, :]).to(dt)], 2)
+                                   g_x.numpy(), g_trace.numpy(), s_prev.numpy(), g_v0.numpy(),
+                                   g_s0.numpy())
         g_w = torch.matmul(g_trace.transpose(2, 3), s_prev).sum(0)   # dL/dW, W = scale * codes
         g_codes = (g_w * sc[:, None, None]).to(codes.dtype) if ctx.needs_input_grad[1] else None
         g_scale = None
