@@ -58,6 +58,7 @@ MODELS = ("brain", "gpt")
 LABEL = {"brain": "BrainLM", "gpt": "GPT baseline"}
 GEN_LENGTHS = (512, 4096, 16384)
 N_PROMPTS, PROMPT_CHARS, NEW_TOKENS = 50, 64, 200
+PARTIAL = "evaluate_partial.json"   # evaluate's finished stages, per model and checkpoint
 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 
@@ -72,6 +73,7 @@ def _one_thread_env() -> dict:
 def train(force: bool = typer.Option(False, "--force", help="discard earlier study runs")):
     """Train both models concurrently, one core each, on the configs' time budget."""
     RUNS.mkdir(parents=True, exist_ok=True)
+    (RUNS / PARTIAL).unlink(missing_ok=True)   # measurements of earlier models are void
     procs = []
     for m in MODELS:
         cmd = [sys.executable, "-m", "neurobit.cli", "train", str(HERE / "configs" / f"{m}.yaml"),
@@ -392,19 +394,23 @@ def evaluate():
     results = {"machine": f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}",
                "date": time.strftime("%Y-%m-%d"), "python": platform.python_version()}
     prompts = None
-    partial = RUNS / "evaluate_partial.json"   # finished stages, so a rerun resumes
+    partial = RUNS / PARTIAL   # finished stages, so a rerun resumes
     done = json.loads(partial.read_text()) if partial.exists() else {}
 
     def stage(m, key, fn):
-        if key not in done.get(m, {}):
+        if done.get(m, {}).get("_checkpoint") != checkpoint[m]:   # another model: start over
+            done[m] = {"_checkpoint": checkpoint[m]}
+        if key not in done[m]:
             print(f"{m}: {key}", flush=True)
             done.setdefault(m, {})[key] = fn()
             partial.write_text(json.dumps(done))
         return done[m][key]
 
+    checkpoint = {}
     for m in MODELS:
         torch.set_num_threads(2)
         model, tok, ck = _load(m)
+        checkpoint[m] = f"step {ck.step}, {ck.train_seconds:.3f} s"
         prompts = prompts or _prompts(data, tok)
         per_step = ck.config.train.batch_size * ck.config.train.block_size
         r = results[m] = {"params": count_parameters(model), "steps": ck.step,
