@@ -1,0 +1,120 @@
+"""Short proxy runs that chose the study's BrainLM settings (and checked the GPT's lr).
+
+    python analysis/lm/tune.py run        # 7 rounds x 2 runs x 240 s of training steps (~35 min)
+    python analysis/lm/tune.py report     # -> analysis/lm/results/lm_tuning.md
+
+Every run is ``neurobit train`` on ``configs/brain.yaml`` or ``configs/gpt.yaml`` with the
+round's overrides, a 240 s budget of training-step time and one validation of 32 batches
+(16 x 128 characters) at the end. The two runs of a round train at the same time, one core
+each (as in the study), so compare within a round; step counts also move with the load of the
+machine (about +-10% between identical runs here). Overrides are relative to the *original*
+study settings (``BASE`` below: every unit decays by alpha 0.9, lr 3e-3), because the configs
+now hold the chosen ones.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+RUNS = ROOT / "runs" / "lm_tuning"
+sys.path.insert(0, str(HERE))
+
+BASE = ["model.alpha=0.9", "model.alpha_min=null", "train.lr=3e-3", "train.min_lr=3e-4"]
+HET = ["model.alpha_min=0.5", "model.alpha=0.97"]
+WIDE = ["model.alpha_min=0.3", "model.alpha=0.99"]
+LR6 = ["train.lr=6e-3", "train.min_lr=6e-4"]
+LR10 = ["train.lr=1e-2", "train.min_lr=1e-3"]
+# (name, model, overrides after BASE, what it asks)
+ROUNDS = [
+    [("base", "brain", [], "the original settings"),
+     ("ss1", "brain", ["model.spike_steps=1"], "one LIF step per character")],
+    [("het", "brain", HET, "time constants 1.4..33 steps"),
+     ("nofw", "brain", ["model.fast_weights=false"], "no fast weights")],
+    [("het_lr6", "brain", HET + LR6, "+ lr 6e-3"),
+     ("het_wide", "brain", WIDE, "time constants 0.8..99.5 steps")],
+    [("wide_lr6", "brain", WIDE + LR6, "chosen"),
+     ("wide_lr10", "brain", WIDE + LR10, "lr 1e-2")],
+    [("gpt_lr3", "gpt", [], "GPT as before"),
+     ("gpt_lr6", "gpt", LR6, "GPT at lr 6e-3")],
+    [("w6_ss1", "brain", WIDE + LR6 + ["model.spike_steps=1"], "chosen, one LIF step"),
+     ("w6_lam99", "brain", WIDE + LR6 + ["model.lam=0.99"], "chosen, fast-weight decay 0.99")],
+    [("w6_slope8", "brain", WIDE + LR6 + ["model.slope=8"], "chosen, surrogate slope 8"),
+     ("w6_drive3", "brain", WIDE + LR6 + ["model.drive=3"], "chosen, input gain 3")],
+]
+SECONDS = 240
+
+app = typer.Typer(add_completion=False, no_args_is_help=True)
+
+
+def _cmd(name: str, model: str, sets: list[str]) -> list[str]:
+    over = (BASE if model == "brain" else BASE[2:]) + sets + [
+        f"train.max_seconds={SECONDS}", "train.eval_interval=100000", "train.eval_batches=32",
+        "train.checkpoint_interval=100000"]
+    return ([sys.executable, "-m", "neurobit.cli", "train", str(HERE / "configs" / f"{model}.yaml"),
+             "-o", str(RUNS / name), "-q", "--force"]
+            + [a for s in over for a in ("--set", s)])
+
+
+@app.command()
+def run(only: str = typer.Option("", help="comma-separated run names (default: all)")):
+    """Train every round's two runs at the same time, one core each."""
+    import study
+    RUNS.mkdir(parents=True, exist_ok=True)
+    want = set(filter(None, only.split(",")))
+    for pair in ROUNDS:
+        procs = []
+        for name, model, sets, _ in pair:
+            if want and name not in want:
+                continue
+            log = open(RUNS / f"{name}.log", "w")
+            procs.append((name, subprocess.Popen(_cmd(name, model, sets),
+                                                 env=study._one_thread_env(), stdout=log,
+                                                 stderr=subprocess.STDOUT)))
+        for name, p in procs:
+            if p.wait() != 0:
+                raise SystemExit(f"{name}: training failed; see {RUNS / name}.log")
+
+
+def _final(name: str) -> tuple[int, float] | None:
+    path = RUNS / name / "metrics.jsonl"
+    if not path.exists():
+        return None
+    vals = [json.loads(line) for line in path.read_text().splitlines() if "val_loss" in line]
+    return (vals[-1]["step"], vals[-1]["val_loss"]) if vals else None
+
+
+@app.command()
+def report():
+    """Write ``results/lm_tuning.md`` from the runs' last validation losses."""
+    import math
+    lines = ["# BrainLM settings: 240 s proxy runs", "",
+             f"Made by `python analysis/lm/tune.py run && python analysis/lm/tune.py report` "
+             f"({time.strftime('%Y-%m-%d')}); each run 240 s of training steps, the two runs of "
+             "a round at the same time, one core each; validation loss on 32 batches of "
+             "16 x 128 held-out characters at the end. Compare within a round (the machine's "
+             "speed drifts between rounds, and the kernels got faster between rounds 2 and 3 "
+             "and between rounds 6 and 7).", "",
+             "| round | run | model | overrides of the original settings | steps | val loss (nats) | bits/char | note |",
+             "|---:|---|---|---|---:|---:|---:|---|"]
+    for i, pair in enumerate(ROUNDS, 1):
+        for name, model, sets, note in pair:
+            fin = _final(name)
+            steps, loss = fin if fin else ("-", float("nan"))
+            sets_s = ", ".join(f"`{s}`" for s in sets) or "-"
+            lines.append(f"| {i} | {name} | {model} | {sets_s} | {steps} | {loss:.4f} | "
+                         f"{loss / math.log(2):.3f} | {note} |")
+    (HERE / "results").mkdir(exist_ok=True)
+    out = HERE / "results" / "lm_tuning.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(out)
+
+
+if __name__ == "__main__":
+    app()
