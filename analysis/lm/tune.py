@@ -1,6 +1,6 @@
 """Short proxy runs that chose the study's BrainLM settings (and checked the GPT's lr).
 
-    python analysis/lm/tune.py run        # 7 rounds x 2 runs x 240 s of training steps (~35 min)
+    python analysis/lm/tune.py run        # 10 rounds x 2 runs x 240 s of training steps (~50 min)
     python analysis/lm/tune.py report     # -> analysis/lm/results/lm_tuning.md
 
 Every run is ``neurobit train`` on ``configs/brain.yaml`` or ``configs/gpt.yaml`` with the
@@ -39,14 +39,21 @@ ROUNDS = [
      ("nofw", "brain", ["model.fast_weights=false"], "no fast weights")],
     [("het_lr6", "brain", HET + LR6, "+ lr 6e-3"),
      ("het_wide", "brain", WIDE, "time constants 0.8..99.5 steps")],
-    [("wide_lr6", "brain", WIDE + LR6, "chosen"),
+    [("wide_lr6", "brain", WIDE + LR6, "time constants 0.8..99.5 + lr 6e-3 (w6)"),
      ("wide_lr10", "brain", WIDE + LR10, "lr 1e-2")],
     [("gpt_lr3", "gpt", [], "GPT as before"),
      ("gpt_lr6", "gpt", LR6, "GPT at lr 6e-3")],
-    [("w6_ss1", "brain", WIDE + LR6 + ["model.spike_steps=1"], "chosen, one LIF step"),
-     ("w6_lam99", "brain", WIDE + LR6 + ["model.lam=0.99"], "chosen, fast-weight decay 0.99")],
-    [("w6_slope8", "brain", WIDE + LR6 + ["model.slope=8"], "chosen, surrogate slope 8"),
-     ("w6_drive3", "brain", WIDE + LR6 + ["model.drive=3"], "chosen, input gain 3")],
+    [("w6_ss1", "brain", WIDE + LR6 + ["model.spike_steps=1"], "w6, one LIF step"),
+     ("w6_lam99", "brain", WIDE + LR6 + ["model.lam=0.99"], "w6, fast-weight decay 0.99")],
+    [("w6_slope8", "brain", WIDE + LR6 + ["model.slope=8"], "w6, surrogate slope 8"),
+     ("w6_drive3", "brain", WIDE + LR6 + ["model.drive=3"], "w6, input gain 3")],
+    [("w6_feedback", "brain", WIDE + LR6 + ["model.hub_feedback=true"],
+      "w6, hub feedback into the circuits"),
+     ("w6_bs32", "brain", WIDE + LR6 + ["train.batch_size=32"], "w6, batch 32")],
+    [("w6_eta3", "brain", WIDE + LR6 + ["model.eta=0.3"], "w6, fast-weight write rate 0.3"),
+     ("w6_slope2", "brain", WIDE + LR6 + ["model.slope=2"], "w6, surrogate slope 2")],
+    [("w6_ref", "brain", WIDE + LR6, "w6 again (the reference of rounds 8-10)"),
+     ("w6_slope1", "brain", WIDE + LR6 + ["model.slope=1"], "w6, surrogate slope 1 (not kept: see README)")],
 ]
 SECONDS = 240
 
@@ -90,6 +97,14 @@ def _final(name: str) -> tuple[int, float] | None:
     return (vals[-1]["step"], vals[-1]["val_loss"]) if vals else None
 
 
+def _rows(table: Path) -> dict[str, tuple[int, float]]:
+    """``(steps, val loss)`` of the runs in an earlier ``lm_tuning.md``, by run name."""
+    if not table.exists():
+        return {}
+    rows = [line.split("|") for line in table.read_text().splitlines() if line.startswith("| ")]
+    return {r[2].strip(): (int(r[5]), float(r[6])) for r in rows[1:] if r[5].strip() != "-"}
+
+
 @app.command()
 def report():
     """Write ``results/lm_tuning.md`` from the runs' last validation losses."""
@@ -100,18 +115,21 @@ def report():
              "a round at the same time, one core each; validation loss on 32 batches of "
              "16 x 128 held-out characters at the end. Compare within a round (the machine's "
              "speed drifts between rounds, and the kernels got faster between rounds 2 and 3 "
-             "and between rounds 6 and 7).", "",
+             "and between rounds 6 and 7; rounds 8-10 ran ten days later on a fresh machine, "
+             "about 25% more steps in 240 s: round 10 repeats w6 as their "
+             "reference). Runs whose directory is gone keep their numbers from the earlier table.", "",
              "| round | run | model | overrides of the original settings | steps | val loss (nats) | bits/char | note |",
              "|---:|---|---|---|---:|---:|---:|---|"]
+    out = HERE / "results" / "lm_tuning.md"
+    earlier = _rows(out)
     for i, pair in enumerate(ROUNDS, 1):
         for name, model, sets, note in pair:
-            fin = _final(name)
+            fin = _final(name) or earlier.get(name)   # run directory gone: the earlier row
             steps, loss = fin if fin else ("-", float("nan"))
             sets_s = ", ".join(f"`{s}`" for s in sets) or "-"
             lines.append(f"| {i} | {name} | {model} | {sets_s} | {steps} | {loss:.4f} | "
                          f"{loss / math.log(2):.3f} | {note} |")
-    (HERE / "results").mkdir(exist_ok=True)
-    out = HERE / "results" / "lm_tuning.md"
+    out.parent.mkdir(exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print(out)
 
