@@ -14,12 +14,13 @@ kinds' mean gate activation rate (fraction of gate weights > 0); none for the ot
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import typer
+
+from neurobit._atomic import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -34,18 +35,10 @@ sys.path.insert(0, str(HERE))
 def _train_all(seconds: float) -> None:
     import study
     RUNS.mkdir(parents=True, exist_ok=True)
+    sets = (f"train.max_seconds={seconds}", "train.eval_interval=100000")
     for pair in (KINDS[i:i + 2] for i in range(0, len(KINDS), 2)):
-        procs = []
-        for k in pair:
-            cmd = [sys.executable, "-m", "neurobit.cli", "train", str(HERE / "configs" / f"{k}.yaml"),
-                   "-o", str(RUNS / k), "-q", "--force", "--set", f"train.max_seconds={seconds}",
-                   "--set", "train.eval_interval=100000"]
-            log = open(RUNS / f"{k}.log", "w")
-            procs.append((k, subprocess.Popen(cmd, env=study._one_thread_env(), stdout=log,
-                                              stderr=subprocess.STDOUT)))
-        for k, p in procs:
-            if p.wait() != 0:
-                raise SystemExit(f"{k}: training failed; see {RUNS / k}.log")
+        study.train_side_by_side({k: study.train_cmd(HERE / "configs" / f"{k}.yaml", RUNS / k,
+                                                     "--force", sets=sets) for k in pair}, RUNS)
 
 
 def _activity(model, data) -> float | None:
@@ -122,8 +115,8 @@ def main(seconds: float = typer.Option(300.0, help="training-step seconds per ki
     md = table(rows, seconds, f"{cpu_model()}, {os.cpu_count()} cores, 15-min load average "
                f"{load:.1f} at the end of training")
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "lm_blocks.md").write_text(md)
-    (HERE / "results" / "lm_blocks.json").write_text(json.dumps(rows, indent=1))
+    atomic_write_text(HERE / "results" / "lm_blocks.md", md)
+    atomic_write_text(HERE / "results" / "lm_blocks.json", json.dumps(rows, indent=1))
     print(md)
 
 

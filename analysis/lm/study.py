@@ -49,6 +49,8 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")  # per-token kernels: no paralle
 import typer
 import yaml
 
+from neurobit._atomic import atomic_write_text
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT / "analysis" / "benchmarks"))
@@ -63,10 +65,24 @@ PARTIAL = "evaluate_partial.json"   # evaluate's finished stages, per model and 
 app = typer.Typer(add_completion=False, no_args_is_help=True)
 
 
-def _one_thread_env() -> dict:
-    env = dict(os.environ)
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
-    return env
+def train_cmd(config: Path, out: Path, *flags: str, sets: tuple[str, ...] = ()) -> list[str]:
+    """The ``neurobit train CONFIG -o OUT -q FLAGS --set S ...`` command line."""
+    return ([sys.executable, "-m", "neurobit.cli", "train", str(config), "-o", str(out), "-q",
+             *flags] + [a for s in sets for a in ("--set", s)])
+
+
+def train_side_by_side(jobs: dict[str, list[str]], log_dir: Path) -> None:
+    """Run the training commands ``jobs`` (name -> command) at the same time, each pinned to one
+    thread (torch, OpenMP, MKL, numba), logging to ``log_dir/<name>.log``; exit naming the
+    failed ones."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    procs = {}
+    for name, cmd in jobs.items():
+        with open(log_dir / f"{name}.log", "w") as log:   # the child keeps its own handle
+            procs[name] = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    failed = [name for name, p in procs.items() if p.wait() != 0]
+    if failed:
+        raise SystemExit(f"training failed: {', '.join(failed)}; see {log_dir}/<name>.log")
 
 
 @app.command()
@@ -74,16 +90,9 @@ def train(force: bool = typer.Option(False, "--force", help="discard earlier stu
     """Train both models concurrently, one core each, on the configs' time budget."""
     RUNS.mkdir(parents=True, exist_ok=True)
     (RUNS / PARTIAL).unlink(missing_ok=True)   # measurements of earlier models are void
-    procs = []
-    for m in MODELS:
-        cmd = [sys.executable, "-m", "neurobit.cli", "train", str(HERE / "configs" / f"{m}.yaml"),
-               "-o", str(RUNS / m), "-q"] + (["--force"] if force else ["--resume"])
-        log = open(RUNS / f"{m}.log", "w")
-        procs.append((m, subprocess.Popen(cmd, env=_one_thread_env(), stdout=log,
-                                          stderr=subprocess.STDOUT)))
-    failed = [m for m, p in procs if p.wait() != 0]
-    if failed:
-        raise SystemExit(f"train: {', '.join(failed)} failed; see {RUNS}/<model>.log")
+    flag = "--force" if force else "--resume"
+    train_side_by_side({m: train_cmd(HERE / "configs" / f"{m}.yaml", RUNS / m, flag)
+                        for m in MODELS}, RUNS)
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -402,8 +411,8 @@ def evaluate():
             done[m] = {"_checkpoint": checkpoint[m]}
         if key not in done[m]:
             print(f"{m}: {key}", flush=True)
-            done.setdefault(m, {})[key] = fn()
-            partial.write_text(json.dumps(done))
+            done[m][key] = fn()
+            atomic_write_text(partial, json.dumps(done))
         return done[m][key]
 
     checkpoint = {}
@@ -428,8 +437,8 @@ def evaluate():
         r["memory"] = stage(m, "memory", lambda: _memory(m))
         r["decoding"] = stage(m, "decoding", lambda: _decoding(gmodel, gtok, prompts))
         (HERE / "results").mkdir(exist_ok=True)
-        (HERE / "results" / f"{m}_metrics.jsonl").write_text(
-            (RUNS / m / "metrics.jsonl").read_text())
+        atomic_write_text(HERE / "results" / f"{m}_metrics.jsonl",
+                          (RUNS / m / "metrics.jsonl").read_text())
     _, tok, _ = _load("brain")
     results["human"] = _degeneration([c for _, c in prompts], tok)
     for m in MODELS:
@@ -452,8 +461,8 @@ def evaluate():
     }
     _figures(results)
     md = _table(results)
-    (HERE / "results" / "lm_study.md").write_text(md)
-    (HERE / "results" / "lm_study.json").write_text(json.dumps(results, indent=1))
+    atomic_write_text(HERE / "results" / "lm_study.md", md)
+    atomic_write_text(HERE / "results" / "lm_study.json", json.dumps(results, indent=1))
     print(md)
 
 

@@ -14,12 +14,13 @@ now hold the chosen ones.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import typer
+
+from neurobit._atomic import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -61,12 +62,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True)
 
 
 def _cmd(name: str, model: str, sets: list[str]) -> list[str]:
+    import study
     over = (BASE if model == "brain" else BASE[2:]) + sets + [
         f"train.max_seconds={SECONDS}", "train.eval_interval=100000", "train.eval_batches=32",
         "train.checkpoint_interval=100000"]
-    return ([sys.executable, "-m", "neurobit.cli", "train", str(HERE / "configs" / f"{model}.yaml"),
-             "-o", str(RUNS / name), "-q", "--force"]
-            + [a for s in over for a in ("--set", s)])
+    return study.train_cmd(HERE / "configs" / f"{model}.yaml", RUNS / name, "--force",
+                           sets=tuple(over))
 
 
 @app.command()
@@ -75,18 +76,14 @@ def run(only: str = typer.Option("", help="comma-separated run names (default: a
     import study
     RUNS.mkdir(parents=True, exist_ok=True)
     want = set(filter(None, only.split(",")))
+    unknown = want - {name for pair in ROUNDS for name, *_ in pair}
+    if unknown:
+        raise typer.BadParameter(f"no such run: {', '.join(sorted(unknown))}", param_hint="--only")
     for pair in ROUNDS:
-        procs = []
-        for name, model, sets, _ in pair:
-            if want and name not in want:
-                continue
-            log = open(RUNS / f"{name}.log", "w")
-            procs.append((name, subprocess.Popen(_cmd(name, model, sets),
-                                                 env=study._one_thread_env(), stdout=log,
-                                                 stderr=subprocess.STDOUT)))
-        for name, p in procs:
-            if p.wait() != 0:
-                raise SystemExit(f"{name}: training failed; see {RUNS / name}.log")
+        jobs = {name: _cmd(name, model, sets) for name, model, sets, _ in pair
+                if not want or name in want}
+        if jobs:
+            study.train_side_by_side(jobs, RUNS)
 
 
 def _final(name: str) -> tuple[int, float] | None:
@@ -130,7 +127,7 @@ def report():
             lines.append(f"| {i} | {name} | {model} | {sets_s} | {steps} | {loss:.4f} | "
                          f"{loss / math.log(2):.3f} | {note} |")
     out.parent.mkdir(exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+    atomic_write_text(out, "\n".join(lines) + "\n")
     print(out)
 
 
