@@ -6,9 +6,12 @@ scales (``W = scale * codes``; codes are {-1, 0, +1} stored as float for SIMD)::
     a     = x * rsqrt(mean(x^2) + eps) * w_norm                      (RMSNorm)
     u_c   = sc_in_c * (C_in_c a)                                     [C, N]  input current
     r_c   = LIF token of circuit c, K steps (functional.recurrent_lif_kernels.lif_circuit_token)
+    r_c  += gain_c * v_c   (membrane_readout 'gain': v_c the membrane after the K steps)
     h_c   = sc_out_c * (C_out_c r_c)                                 [C, D]  readout
     q, k, v = sc_q C_q h_c, sc_k C_k h_c, sc_v C_v h_c                [C, dk] hub projections
     k_eff_j = k_j + M k_j;  a_ij = softmax_j(s q_i . k_eff_j) in i's group;  o_i = sum_j a_ij v_j
+    o_i  += v_i                                                       (only with residual)
+    o_i  += s M^T q_i                                                 (only with mem_read)
     x    += sc_g * (C_g [o_1 .. o_C])                                 [d]     global state
     M     = clamp(lam M + eta sum_c k_c v_c^T, -clip, clip)
 
@@ -39,14 +42,15 @@ def _gemv(W, x, scale, out):  # pragma: no cover
 
 @njit(cache=True)
 def brain_block_token(x, w_norm, eps, codes_in, sc_in, codes_rec_t, sc_rec, alpha, theta, beta,
-                      K, v, s, codes_out, sc_out, codes_q, sc_q, codes_k, sc_k, codes_v, sc_v,
-                      codes_g, sc_g, M, use_fw, lam, eta, clip, score_scale,
-                      group_size, g_out):  # pragma: no cover
+                      K, v, s, m_gain, codes_out, sc_out, codes_q, sc_q, codes_k, sc_k, codes_v,
+                      sc_v, codes_g, sc_g, M, use_fw, residual, mem_read, lam, eta, clip,
+                      score_scale, group_size, g_out):  # pragma: no cover
     """Advance every sequence of ``x`` ``[B, d]`` through one block, in place (``x``, ``v``,
     ``s`` ``[B, C, N]``, ``M`` ``[B, dk, dk]``; the global state goes to ``g_out`` ``[B, d]``).
     Code layouts are BitLinear's ``[out, in]``:
     ``codes_in`` ``[C, N, d]``, ``codes_rec_t`` ``[C, N, N]`` transposed (in, out),
-    ``codes_out`` ``[C, D, N]``, ``codes_q/k/v`` ``[dk, D]``, ``codes_g`` ``[d, C * dk]``."""
+    ``codes_out`` ``[C, D, N]``, ``codes_q/k/v`` ``[dk, D]``, ``codes_g`` ``[d, C * dk]``;
+    ``m_gain`` ``[C, N]`` the membrane gains or ``[0, N]`` (no membrane readout)."""
     B, d = x.shape
     C, N = v.shape[1], v.shape[2]
     D = codes_out.shape[1]
@@ -80,6 +84,9 @@ def brain_block_token(x, w_norm, eps, codes_in, sc_in, codes_rec_t, sc_rec, alph
                               v[b, c], s[b, c], rec, acc, no_trace, 0)
             for i in range(N):
                 acc[i] = acc[i] * inv_k
+            if m_gain.shape[0] > 0:
+                for i in range(N):
+                    acc[i] = acc[i] + m_gain[c, i] * v[b, c, i]
             _gemv(codes_out[c], acc, sc_out[c], h)
             _gemv(codes_q, h, sc_q, q[c])
             _gemv(codes_k, h, sc_k, k[c])
@@ -109,6 +116,13 @@ def brain_block_token(x, w_norm, eps, codes_in, sc_in, codes_rec_t, sc_rec, alph
                 t = zero
                 for jj in range(group_size):
                     t += (sc[jj] / tot) * vv[g0 + jj, e]
+                if mem_read:
+                    m = zero
+                    for y in range(dk):
+                        m += q[c, y] * Mb[y, e]
+                    t += score_scale * m
+                if residual:
+                    t = t + vv[c, e]
                 o[c * dk + e] = t
         _gemv(codes_g, o, sc_g, g_out[b])
         for j in range(d):

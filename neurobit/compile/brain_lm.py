@@ -13,7 +13,8 @@ same :class:`BrainLMState`:
   no per-token quantization, no torch dispatch inside a block, no autograd bookkeeping.
 
 Supported: the spiking circuits + CorticalHub variant (``neuron: lif``, ``ffn: circuits``,
-``mixer: hub``, no hub feedback, ``hub_inhibition: none``); others raise
+``mixer: hub``, no hub feedback, ``hub_inhibition: none``, ``membrane_readout`` ``none`` or
+``gain``; ``hub_residual`` and ``memory_read`` either way); others raise
 :class:`ParameterError` naming the field.
 """
 from __future__ import annotations
@@ -47,6 +48,7 @@ class _BlockArrays(NamedTuple):
     alpha: np.ndarray
     theta: np.ndarray
     beta: np.ndarray
+    m_gain: np.ndarray
     codes_out: np.ndarray
     sc_out: np.ndarray
     codes_q: np.ndarray
@@ -58,6 +60,8 @@ class _BlockArrays(NamedTuple):
     codes_g: np.ndarray
     sc_g: float
     use_fw: bool
+    residual: bool
+    mem_read: bool
     lam: float
     eta: float
     clip: float
@@ -73,6 +77,9 @@ def check_compilable(model: BrainLM) -> None:
         if getattr(cfg, field) != want:
             raise ParameterError(f"model.{field}: the compiled BrainLM supports {field}="
                                  f"{want!r} only, got {getattr(cfg, field)!r}")
+    if cfg.membrane_readout == "bank":
+        raise ParameterError("model.membrane_readout: the compiled BrainLM supports 'none' and "
+                             "'gain', got 'bank'")
     for i, blk in enumerate(model.blocks):
         if blk.hub.inhibition != "none" or not blk.hub.layout.contiguous:
             raise ParameterError(f"blocks.{i}.hub: the compiled kernel needs equal contiguous "
@@ -104,10 +111,13 @@ def _block_arrays(blk, dtype) -> _BlockArrays:
     return _BlockArrays(
         _np(blk.norm.weight, dtype), f(eps), _np(c_in, dtype), bank_sc(s_in),
         _np(c_rec.transpose(1, 2), dtype), bank_sc(s_rec), per(p.alpha), per(p.theta),
-        per(p.reset), _np(c_out, dtype), bank_sc(s_out),
+        per(p.reset),
+        (_np(blk.membrane_gain, dtype) if blk.cfg.membrane_readout == "gain"
+         else np.zeros((0, N), dtype=_np(c_out, dtype).dtype)),
+        _np(c_out, dtype), bank_sc(s_out),
         _np(qs["w_q"][0], dtype), sc(qs["w_q"][1]), _np(qs["w_k"][0], dtype), sc(qs["w_k"][1]),
         _np(qs["w_v"][0], dtype), sc(qs["w_v"][1]), _np(qs["w_g"][0], dtype), sc(qs["w_g"][1]),
-        bool(hub.use_fast_weights), f(hub.lam), f(hub.eta), f(hub.clip),
+        bool(hub.use_fast_weights), bool(hub.residual), bool(hub.memory_read), f(hub.lam), f(hub.eta), f(hub.clip),
         f(hub.scale if hub.scale is not None else 1.0 / math.sqrt(hub.d_key)),
         int(hub.layout.group_size))
 
@@ -179,10 +189,10 @@ class CompiledBrainLM(StepByRun, torch.nn.Module):
             g = np.empty_like(st.hub.g.numpy())
             brain_block_token(xa, arr.w_norm, arr.eps, arr.codes_in, arr.sc_in,
                               arr.codes_rec_t, arr.sc_rec, arr.alpha, arr.theta, arr.beta,
-                              self.cfg.spike_steps, v, s, arr.codes_out,
+                              self.cfg.spike_steps, v, s, arr.m_gain, arr.codes_out,
                               arr.sc_out, arr.codes_q, arr.sc_q, arr.codes_k, arr.sc_k,
                               arr.codes_v, arr.sc_v, arr.codes_g, arr.sc_g, M,
-                              arr.use_fw, arr.lam, arr.eta, arr.clip, arr.score_scale,
+                              arr.use_fw, arr.residual, arr.mem_read, arr.lam, arr.eta, arr.clip, arr.score_scale,
                               arr.group_size, g)
             t = torch.from_numpy
             new.append(BrainBlockState(MicroCircuitState(LIFState(t(v), t(s))),

@@ -111,3 +111,13 @@ def fast_weight_read(M: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         raise ShapeError(f"M/k: expected [B, d, d] and [B, C, d], got {list(M.shape)} "
                          f"and {list(k.shape)}")
     return torch.einsum("bxy,bcy->bcx", M, k)
+
+
+def fast_weight_retrieve(M: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The memory's value for query ``q_i``, ``M^T q_i = sum_t w_t v_t (k_t . q_i)`` (a linear-
+    attention read of the values written before; ``w_t`` the decayed write rates): ``M``
+    ``[B, d, d]``, ``q`` ``[B, C, d]`` -> ``[B, C, d]`` (row form ``q @ M``)."""
+    if M.dim() != 3 or q.dim() != 3 or M.shape[0] != q.shape[0] or M.shape[1] != q.shape[-1]:
+        raise ShapeError(f"M/q: expected [B, d, d] and [B, C, d], got {list(M.shape)} "
+                         f"and {list(q.shape)}")
+    return torch.bmm(q, M)

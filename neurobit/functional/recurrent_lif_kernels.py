@@ -72,7 +72,7 @@ def recurrent_lif_forward(x, codes_t, scale, alpha, theta, beta, v0, s0, K, r_ou
 
 @njit(parallel=True, cache=False)  # not cached: see lif_kernels
 def recurrent_lif_backward(v_trace, codes, scale, alpha, theta, beta, s0, K, sg_fn, slope,
-                           detach_reset, g_r, g_vT, g_sT, g_x, g_trace, s_prev, g_v0,
+                           detach_reset, g_r, g_vtok, g_vT, g_sT, g_x, g_trace, s_prev, g_v0,
                            g_s0):  # pragma: no cover
     """Reverse-time adjoint of :func:`recurrent_lif_forward`.
 
@@ -80,6 +80,8 @@ def recurrent_lif_backward(v_trace, codes, scale, alpha, theta, beta, s0, K, sg_
 
         gs_n = dL/dr_t / K + W^T G_{n+1} - (not detach_reset) beta G_{n+1}   (+ dL/ds_end at n = last)
         G_n  = gs_n sg_n + alpha G_{n+1}                                      (+ dL/dv_end at n = last)
+               (+ dL/dm_t at the token's last step n = tK + K - 1; ``g_vtok`` ``[B, T, C, N]``,
+                the gradient of the per-token membrane output m_t = v_{tK+K-1}; zeros if unused)
         dL/dx_t = sum_{n in t} G_n
         dL/dv_0 = alpha G_0;  dL/ds_0 = W^T G_0 - (not detach_reset) beta G_0
 
@@ -105,6 +107,8 @@ def recurrent_lif_backward(v_trace, codes, scale, alpha, theta, beta, s0, K, sg_
         for n in range(NK - 1, -1, -1):
             t = n // K
             last = n == NK - 1
+            token_end = n % K == K - 1
+            gvt = g_vtok[b, t, c]
             grt = g_r[b, t, c]
             vn = v_trace[b, c, n]
             gxt = g_x[b, t, c]
@@ -123,6 +127,8 @@ def recurrent_lif_backward(v_trace, codes, scale, alpha, theta, beta, s0, K, sg_
                 if not detach_reset:
                     gs = gs - be[j] * G[j]
                 Gj = gs * sg_fn(vn[j] - th[j], slope) + a[j] * G[j]
+                if token_end:
+                    Gj = Gj + gvt[j]
                 if last:
                     Gj = Gj + g_vT[b, c, j]
                 G[j] = Gj

@@ -7,6 +7,7 @@ rates ``r`` ``[B, T, C, N]`` of C circuits whose recurrent synapses are ``W_c = 
 
     v_n = alpha v_{n-1} + x_t + W_c s_{n-1} - beta s_{n-1},   s_n = H(v_n - theta)
     r_t = mean of s_n over the K steps of token t
+    m_t = v_n at the token's last step (n = tK + K - 1; only with ``membrane=True``)
 
 (:mod:`neurobit.functional.recurrent_lif_kernels` has the step order). It is the same
 computation as looping :meth:`MicroCircuitBank.step_from_current` K times per token and
@@ -61,10 +62,11 @@ class _RecurrentLIFScan(torch.autograd.Function):
                                   s_end.numpy())
         ctx.save_for_backward(v_trace, cd, sc, alpha, theta, beta, s0c, codes, scale)
         ctx.p, ctx.K = p, int(K)
-        return r, v_end, s_end
+        m = v_trace[:, :, K - 1::K].transpose(1, 2).contiguous()      # [B, T, C, N]
+        return r, m, v_end, s_end
 
     @staticmethod
-    def backward(ctx, g_r, g_vT, g_sT):
+    def backward(ctx, g_r, g_m, g_vT, g_sT):
         v_trace, cd, sc, alpha, theta, beta, s0c, codes, scale = ctx.saved_tensors
         p: LIFParameters = ctx.p
         B, C, NK, N = v_trace.shape
@@ -72,7 +74,8 @@ class _RecurrentLIFScan(torch.autograd.Function):
         dt = v_trace.dtype
         z = lambda g, shape: (torch.zeros(shape, dtype=dt) if g is None
                               else g.to(dt).contiguous())
-        g_r, g_vT, g_sT = z(g_r, (B, T, C, N)), z(g_vT, (B, C, N)), z(g_sT, (B, C, N))
+        g_r, g_m = z(g_r, (B, T, C, N)), z(g_m, (B, T, C, N))
+        g_vT, g_sT = z(g_vT, (B, C, N)), z(g_sT, (B, C, N))
         g_x = torch.empty(B, T, C, N, dtype=dt)
         g_trace = torch.empty(B, C, NK, N, dtype=dt)                 # G_n = dL/dv_n
         s_prev = torch.empty(B, C, NK, N, dtype=dt)                  # s_{n-1}
@@ -81,7 +84,7 @@ class _RecurrentLIFScan(torch.autograd.Function):
             recurrent_lif_backward(v_trace.numpy(), cd.numpy(), sc.numpy(), alpha.numpy(),
                                    theta.numpy(), beta.numpy(), s0c.numpy(), ctx.K,
                                    _jitted_surrogate(p.surrogate), float(p.slope),
-                                   bool(p.detach_reset), g_r.numpy(), g_vT.numpy(), g_sT.numpy(),
+                                   bool(p.detach_reset), g_r.numpy(), g_m.numpy(), g_vT.numpy(), g_sT.numpy(),
                                    g_x.numpy(), g_trace.numpy(), s_prev.numpy(), g_v0.numpy(),
                                    g_s0.numpy())
         g_w = torch.matmul(g_trace.transpose(2, 3), s_prev).sum(0)   # dL/dW, W = scale * codes
@@ -103,9 +106,11 @@ def fused_ok(x: torch.Tensor, p: LIFParameters) -> bool:
 
 
 def recurrent_lif_scan(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor,
-                       state: LIFState, p: LIFParameters, substeps: int = 1
-                       ) -> tuple[torch.Tensor, LIFState]:
+                       state: LIFState, p: LIFParameters, substeps: int = 1, *,
+                       membrane: bool = False):
     """Token rates ``[B, T, C, N]`` and the final :class:`LIFState` ``[B, C, N]``; see module doc.
+    With ``membrane=True``: ``(rates, m, state)``, ``m`` ``[B, T, C, N]`` the membrane at each
+    token's last LIF step (gradients flow through it too).
 
     Args:
         x: input current per token ``[B, T, C, N]`` (already ``W_in a_t``).
@@ -128,6 +133,6 @@ def recurrent_lif_scan(x: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor
         raise ParameterError("x: the fused scan needs CPU float32/float64 input and fixed LIF "
                          "parameters (check fused_ok first)")
     if T == 0:
-        return x.new_zeros(x.shape), state
-    r, v, s = _RecurrentLIFScan.apply(x, codes, scale, state.v, state.s, p, int(substeps))
-    return r, LIFState(v, s)
+        return (x.new_zeros(x.shape),) + ((x.new_zeros(x.shape),) if membrane else ()) + (state,)
+    r, m, v, s = _RecurrentLIFScan.apply(x, codes, scale, state.v, state.s, p, int(substeps))
+    return (r, m, LIFState(v, s)) if membrane else (r, LIFState(v, s))

@@ -7,6 +7,8 @@ Per token t and block (residual ``x_t`` ``[B, d]``, C circuits of N units, reado
         u    = W_in a_t + W_rec s_{k-1} (+ f_{t-1})       (MicroCircuitBank, ternary BitLinear)
         s_k  = LIF(u)                                    (functional.lif: v, s carried on)
     h_t  = W_out (1/K sum_k s_k)                         [B, C, D]   spike-count readout
+           (+ W_m m_t with membrane_readout 'bank', or W_out (rate + gamma * m_t) with 'gain':
+            m_t = v_K the membrane at the token's last LIF step, a graded readout)
     g_t  = CorticalHub(h_t; M_t)                         [B, d]      grouped attention across
                                                                      circuits, fast weights M,
                                                                      lateral inhibition
@@ -101,6 +103,10 @@ class BrainBlock(nn.Module):
                                          theta=cfg.theta, surrogate=cfg.surrogate,
                                          slope=cfg.slope)
             self.readout = BitLinear(N, D, quant=q, banks=C)
+            if cfg.membrane_readout == "bank":
+                self.readout_m = BitLinear(N, D, quant=q, banks=C)
+            elif cfg.membrane_readout == "gain":
+                self.membrane_gain = nn.Parameter(torch.full((C, N), 0.1))
             self.act = _RATE_ACTS.get(cfg.neuron)
         else:
             act = {**_RATE_ACTS,
@@ -112,7 +118,9 @@ class BrainBlock(nn.Module):
         if cfg.mixer == "hub":
             self.hub = CorticalHub(C, D, cfg.d_key, d, N if self.feedback else 1,
                                    groups=cfg.hub_groups, lam=cfg.lam, eta=cfg.eta,
-                                   clip=cfg.clip, use_fast_weights=cfg.fast_weights, quant=q,
+                                   clip=cfg.clip, use_fast_weights=cfg.fast_weights,
+                                   residual=cfg.hub_residual, memory_read=cfg.memory_read,
+                                   quant=q,
                                    inhibition=cfg.hub_inhibition, k=cfg.hub_k)
         elif cfg.mixer == "mean":
             self.pool = BitLinear(D, d, quant=q)
@@ -168,24 +176,35 @@ class BrainBlock(nn.Module):
             q_rec = self.bank.w_rec.quantized()                               # once per sequence
             q_out = self.readout.quantized()
             if self._fused(u_in):  # all tokens and LIF steps in one numba scan
-                r, lif_state = recurrent_lif_scan(u_in, q_rec.codes, q_rec.scale, circ.lif,
-                                                  self.bank.lif.params, cfg.spike_steps)
-                return self._mix(x, self.readout.apply_ternary(r, q_out),
+                r, m, lif_state = recurrent_lif_scan(u_in, q_rec.codes, q_rec.scale, circ.lif,
+                                                     self.bank.lif.params, cfg.spike_steps,
+                                                     membrane=True)
+                return self._mix(x, self._readout(r, m, q_out),
                                  BrainBlockState(MicroCircuitState(lif_state), hub, kv, fb))
-            rates, gs = [], []
+            rates, membranes, gs = [], [], []
             for u_t in u_in.unbind(1):
                 r, circ = self._token(u_t, circ, q_rec, fb)
                 if self.feedback:  # the hub must run before the next token's circuits
-                    out = self.hub.forward_step(self.readout.apply_ternary(r, q_out), hub)
+                    out = self.hub.forward_step(self._readout(r, circ.lif.v, q_out), hub)
                     hub, fb = out.state, out.feedback
                     gs.append(out.g)
                 rates.append(r)
+                membranes.append(circ.lif.v)
             if self.feedback:
                 return x + torch.stack(gs, 1), BrainBlockState(circ, hub, kv, fb)
-            h = self.readout.apply_ternary(torch.stack(rates, 1), q_out)    # [B, T, C, D]
+            h = self._readout(torch.stack(rates, 1), torch.stack(membranes, 1), q_out)
         else:
             h = self.mlp(a).view(B, T, cfg.n_circuits, cfg.d_circuit)
         return self._mix(x, h, BrainBlockState(circ, hub, kv, fb))
+
+    def _readout(self, r, m, q_out):
+        """Circuit outputs ``h`` ``[..., C, D]`` from token rates ``r`` and end-of-token
+        membranes ``m`` ``[..., C, N]`` (the membrane only with ``membrane_readout``)."""
+        mode = self.cfg.membrane_readout
+        if mode == "gain":
+            return self.readout.apply_ternary(r + self.membrane_gain * m, q_out)
+        h = self.readout.apply_ternary(r, q_out)
+        return h + self.readout_m(m) if mode == "bank" else h
 
     def _fused(self, u_in: torch.Tensor) -> bool:
         """Whether the circuits can run as one fused scan (LIF units, no per-token feedback)."""

@@ -58,12 +58,21 @@ class BrainLMConfig(EmbeddingFields):
         "circuit get decays from alpha_min to alpha, time constants -1/ln(alpha) spaced "
         "geometrically (functional.lif.alpha_spread); None: every unit decays by alpha")
     theta: PositiveFloat = Field(1.0, description="LIF threshold")
+    membrane_readout: Literal["none", "bank", "gain"] = Field(
+        "none", description="circuit readout also sees the membrane m at each token's last LIF "
+        "step: 'bank' adds a second ternary readout W_m m, 'gain' reads W_out (rate + gamma m) "
+        "with a learned gain gamma per unit; 'none' spike counts only")
     surrogate: Literal["fast_sigmoid", "arctan", "hard_sigmoid"] = "fast_sigmoid"
     slope: PositiveFloat = Field(4.0, description="surrogate-gradient slope")
     drive: PositiveFloat = Field(2.0, description="initial gain of the circuits' input norm")
     d_key: PositiveInt = Field(32, description="hub query/key/value size d")
     hub_groups: PositiveInt = Field(1, description="hub attention groups (divide n_circuits)")
     fast_weights: bool = Field(True, description="hub fast-weight memory across tokens")
+    hub_residual: bool = Field(False, description="each circuit keeps its own hub value next "
+                               "to what it attends to: h'_i = v_i + sum_j a_ij v_j")
+    memory_read: bool = Field(False, description="the hub also reads the fast-weight memory "
+                              "as values (h'_i += M^T q_i / sqrt(d): a linear-attention read "
+                              "across tokens); needs fast_weights")
     lam: float = Field(0.95, gt=0, le=1, description="fast-weight decay per token")
     eta: float = Field(0.1, ge=0, description="fast-weight write rate")
     clip: PositiveFloat = Field(1.0, description="fast-weight clip bound")
@@ -97,6 +106,15 @@ class BrainLMConfig(EmbeddingFields):
                              f"n_circuits={self.n_circuits}")
         if self.alpha_min is not None and self.alpha_min > self.alpha:
             raise ValueError(f"alpha_min: {self.alpha_min} exceeds alpha={self.alpha}")
+        if self.hub_residual and self.mixer != "hub":
+            raise ValueError(f"hub_residual: acts in the hub; it needs mixer='hub', got "
+                             f"mixer={self.mixer!r}")
+        if self.membrane_readout != "none" and self.ffn != "circuits":
+            raise ValueError(f"membrane_readout: reads the circuits' membranes; it needs "
+                             f"ffn='circuits', got ffn={self.ffn!r}")
+        if self.memory_read and not (self.fast_weights and self.mixer == "hub"):
+            raise ValueError("memory_read: reads the hub's fast-weight memory; it needs "
+                             "mixer='hub' and fast_weights=true")
         group = self.n_circuits // self.hub_groups
         if self.hub_inhibition == "kwta" and self.hub_k > group:
             raise ValueError(f"hub_k: kwta keeps hub_k={self.hub_k} circuits per hub group but "

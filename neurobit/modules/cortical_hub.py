@@ -6,6 +6,8 @@ Per hub step t, for circuit outputs ``h_i`` (``h`` ``[B, C, D]``, ``D = d_in``):
     q_i, k_i, v_i = W_q h_i, W_k h_i, W_v h_i         (BitLinear D -> d, shared by circuits)
     S_ij = s * (q_i . k_j + q_i . (M_t k_j))   i, j in one group; s = 1/sqrt(d) (or 1)
     a_i  = softmax_j(S_ij) within the group;   h'_i = sum_j a_ij v_j      (functional.attention)
+    h'_i += v_i                                  (only with residual: each circuit's own value)
+    h'_i += s * M_t^T q_i                        (only with memory_read: the memory's values)
     h'   = inhibition(h') across the circuits of each group           (functional.inhibition)
     g_t  = W_g [h'_1, ..., h'_C]                 (BitLinear C*d -> d_global; the global state)
     f_i  = gain_i * W_f g_t                      (BitLinear d_global -> n_feedback; per circuit)
@@ -16,6 +18,11 @@ query space. The memory is read before it is written: step t's scores use ``M_t`
 keys and values enter ``M_{t+1}``. With ``use_fast_weights=False`` the memory term is absent and
 ``M`` stays zero. ``f`` (``[B, C, n_feedback]``) is meant as an extra input current to the first
 ``n_feedback`` units of each circuit at the next step (``MicroCircuit.step(..., feedback=)``).
+With ``residual`` each circuit keeps its own value next to what it attends to (a softmax over
+near-equal scores otherwise averages the circuits into one vector: ``g`` then carries about
+``d`` numbers instead of ``C d``). With ``memory_read`` the memory is also read as values: ``M_t^T q_i = sum_t' w_t' v_t' (k_t' . q_i)``
+over the circuits and earlier steps t' (``w`` the decayed write rates; a linear-attention read
+across tokens, :func:`fast_weight_retrieve`), added to the attention output of circuit i.
 
 State (``HubState``: memory ``M`` and last global state ``g``) goes in and comes out explicitly;
 :meth:`CorticalHub.forward` over a sequence starts from a cleared memory unless given a state.
@@ -28,10 +35,10 @@ import torch
 from torch import nn
 
 from neurobit.errors import ParameterError, ShapeError
-from neurobit.functional.attention import Groups, group_layout, grouped_attention
+from neurobit.functional.attention import Groups, group_layout, grouped_attention, score_scale
 from neurobit.functional.fast_weight_scan import fast_weight_scan
 from neurobit.functional.fast_weights import (check_fast_weight_parameters, fast_weight_init,
-                                              fast_weight_update)
+                                              fast_weight_retrieve, fast_weight_update)
 from neurobit.functional.inhibition import INHIBITIONS, inhibit_groups
 from neurobit.modules.bitlinear import BitLinear
 
@@ -69,6 +76,9 @@ class CorticalHub(nn.Module):
             group) | ``divisive`` (``sigma``, ``power``).
         lam, eta, clip: fast-weight decay (0, 1], write rate >= 0, clip bound > 0.
         use_fast_weights: include the memory term and update ``M``.
+        residual: add each circuit's own value ``v_i`` to its attention output.
+        memory_read: also add the memory's value read ``s M_t^T q_i`` to the attention output
+            (needs ``use_fast_weights``).
         scale_scores: multiply scores by ``1/sqrt(d)``.
         feedback_gain: initial value of the learnable per-circuit feedback gains.
         quant, fixed_scale: BitLinear quantization of all five projections.
@@ -77,8 +87,9 @@ class CorticalHub(nn.Module):
     def __init__(self, n_circuits: int, d_in: int, d_key: int, d_global: int, n_feedback: int, *,
                  groups: Groups = 1, inhibition: str = "none", k: int = 1, sigma: float = 1.0,
                  power: float = 2.0, lam: float = 0.95, eta: float = 0.1, clip: float = 1.0,
-                 use_fast_weights: bool = True, scale_scores: bool = True,
-                 feedback_gain: float = 0.1, quant: str = "absmean",
+                 use_fast_weights: bool = True, residual: bool = False,
+                 memory_read: bool = False,
+                 scale_scores: bool = True, feedback_gain: float = 0.1, quant: str = "absmean",
                  fixed_scale: float | None = None, dtype=None):
         super().__init__()
         for name, n in (("n_circuits", n_circuits), ("d_in", d_in), ("d_key", d_key),
@@ -98,6 +109,11 @@ class CorticalHub(nn.Module):
         self.inhibition, self.k, self.sigma, self.power = inhibition, k, sigma, power
         self.lam, self.eta, self.clip = float(lam), float(eta), float(clip)
         self.use_fast_weights = bool(use_fast_weights)
+        if memory_read and not use_fast_weights:
+            raise ParameterError("memory_read: reads the fast-weight memory; it needs "
+                                 "use_fast_weights=True")
+        self.memory_read = bool(memory_read)
+        self.residual = bool(residual)
         self.scale = None if scale_scores else 1.0
         kw = dict(quant=quant, fixed_scale=fixed_scale, dtype=dtype,
                   tau=0.5 * (fixed_scale or 1.0) if quant == "threshold" else None)
@@ -128,8 +144,13 @@ class CorticalHub(nn.Module):
                              f"got {list(state.M.shape)}")
 
     def _attend(self, q, k, v, M):
-        return grouped_attention(q, k, v, self.layout, M if self.use_fast_weights else None,
-                                 self.scale)
+        h_att, weights = grouped_attention(q, k, v, self.layout,
+                                           M if self.use_fast_weights else None, self.scale)
+        if self.residual:
+            h_att = h_att + v
+        if self.memory_read:
+            h_att = h_att + score_scale(self.d_key, self.scale) * fast_weight_retrieve(M, q)
+        return h_att, weights
 
     def _write(self, M, k, v):
         if not self.use_fast_weights:
@@ -186,4 +207,6 @@ class CorticalHub(nn.Module):
     def extra_repr(self) -> str:
         return (f"C={self.n_circuits}, {self.d_in} -> d={self.d_key}, "
                 f"groups={self.layout.as_lists()}, inhibition={self.inhibition}, "
-                f"fast_weights={self.use_fast_weights}")
+                f"fast_weights={self.use_fast_weights}"
+                + (", residual=True" if self.residual else "")
+                + (", memory_read=True" if self.memory_read else ""))

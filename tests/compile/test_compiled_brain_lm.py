@@ -4,7 +4,8 @@ The compiled file stores the ternary codes packed at 2 bits per weight; the load
 prompt pass (the batched reference path with frozen codes) equals the reference exactly, and
 the per-token numba kernel of generation reproduces the reference step: the spikes of every
 block agree except at threshold ties (the kernel sums in another order; the mismatch rate is
-measured and must stay below 1e-4), and logits agree to float32 rounding (1e-5 relative).
+measured and must stay below 1e-4), and logits agree to float32 rounding (1e-5 relative); also
+with the hub residual, the memory value read and the membrane-gain readout switched on.
 """
 import pytest
 import torch
@@ -47,8 +48,10 @@ def compiled_copy(m, cfg, tmp_path, packing="2bit"):
     return CompiledBrainLM(read_compiled(path, _build).model), path
 
 
-def test_generation_kernel_matches_reference_step(tmp_path):
-    m, cfg = trained_model()
+@pytest.mark.parametrize("variant", [{}, dict(memory_read=True, hub_residual=True,
+                                             membrane_readout="gain")])
+def test_generation_kernel_matches_reference_step(tmp_path, variant):
+    m, cfg = trained_model(**variant)
     cm, _ = compiled_copy(m, cfg, tmp_path)
     g = torch.Generator().manual_seed(3)
     B, T = 3, 200
@@ -116,6 +119,9 @@ def test_unsupported_variants_and_bad_files(tmp_path):
     m2 = BrainLM(BrainLMConfig(**{**CFG, "n_layers": 1, "mixer": "attention", "n_heads": 2}))
     with pytest.raises(ParameterError, match="model.mixer"):
         CompiledBrainLM(m2)
+    m3 = BrainLM(BrainLMConfig(**{**CFG, "n_layers": 1, "membrane_readout": "bank"}))
+    with pytest.raises(ParameterError, match="model.membrane_readout"):
+        CompiledBrainLM(m3)
     bad = tmp_path / "bad.nbc"
     bad.write_bytes(b"not a model")
     with pytest.raises(NeurobitError, match="not a neurobit compiled model"):

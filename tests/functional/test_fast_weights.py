@@ -2,7 +2,9 @@
 
 Checked: the update against a NumPy loop over circuits and entries; the clip bound over 100k
 steps of adversarial input (large aligned keys/values, sign flips, lam = 1) while the memory
-really saturates; exact lam^t decay without input; the read-out M k; parameter validation.
+really saturates; exact lam^t decay without input; the read-out M k; the value read M^T q
+(after writes from an empty memory: the decayed, q.k-weighted sum of the values written);
+parameter validation.
 """
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ import torch
 
 from neurobit.errors import ParameterError, ShapeError
 from neurobit.functional.fast_weights import (fast_weight_init, fast_weight_read,
-                                              fast_weight_update)
+                                              fast_weight_retrieve, fast_weight_update)
 
 F64 = torch.float64
 
@@ -91,6 +93,32 @@ def test_read_is_matrix_times_key(gen):
     for b in range(2):
         for j in range(4):
             torch.testing.assert_close(out[b, j], M[b] @ k[b, j], rtol=0, atol=1e-12)
+
+
+def test_retrieve_returns_the_values_weighted_by_key_match(gen):
+    # three writes into an empty memory, no clipping: M = sum_t eta lam^(2-t) sum_i k v^T, so
+    # M^T q = sum_t eta lam^(2-t) sum_i (k_ti . q) v_ti (linear attention over the past writes)
+    lam, eta = 0.8, 0.3
+    ks = torch.randn(3, 2, 4, 3, generator=gen, dtype=F64)
+    vs = torch.randn(3, 2, 4, 3, generator=gen, dtype=F64)
+    q = torch.randn(2, 5, 3, generator=gen, dtype=F64)
+    M = fast_weight_init(2, 3, F64)
+    for t in range(3):
+        M = fast_weight_update(M, ks[t], vs[t], lam, eta, 1e9)
+    out = fast_weight_retrieve(M, q)
+    for b in range(2):
+        for j in range(5):
+            want = sum(eta * lam ** (2 - t) * (ks[t, b, i] @ q[b, j]) * vs[t, b, i]
+                       for t in range(3) for i in range(4))
+            torch.testing.assert_close(out[b, j], want, rtol=0, atol=1e-12)
+    # an orthonormal key retrieves exactly its value
+    M1 = fast_weight_update(fast_weight_init(1, 3, F64), torch.eye(3, dtype=F64)[None, :1],
+                            torch.tensor([[[2.0, -1.0, 0.5]]], dtype=F64), 0.9, 1.0, 1e9)
+    torch.testing.assert_close(fast_weight_retrieve(M1, torch.eye(3, dtype=F64)[None]),
+                               torch.tensor([[[2.0, -1.0, 0.5], [0, 0, 0], [0, 0, 0]]],
+                                            dtype=F64), rtol=0, atol=0)
+    with pytest.raises(ShapeError, match="M/q"):
+        fast_weight_retrieve(M1, torch.zeros(1, 2, 4, dtype=F64))
 
 
 @pytest.mark.parametrize("kw,name", [(dict(lam=0.0), "lam"), (dict(lam=1.01), "lam"),

@@ -2,8 +2,9 @@
 
 The oracle is the loop BrainBlock used before the kernel existed: K calls of
 ``MicroCircuitBank.step_from_current`` per token, spikes averaged. Forward: identical rates,
-membrane and spikes (torch.equal). Backward: gradients of a random linear loss on the rates and
-the final state with respect to the input current, the recurrent master weights (through the
+membrane and spikes (torch.equal), and the end-of-token membranes ``m`` (``membrane=True``).
+Backward: gradients of a random linear loss on the rates, the end-of-token membranes and the
+final state with respect to the input current, the recurrent master weights (through the
 straight-through estimator), the initial state agree with autograd through the loop:
 float64 to 1e-10 relative, float32 to 1e-4 (sums over many steps in another order).
 """
@@ -17,21 +18,25 @@ from neurobit.modules.microcircuit import MicroCircuitState
 from neurobit.modules.microcircuit_bank import MicroCircuitBank
 
 
-def loop_oracle(bank, x, state, K):
+def loop_oracle(bank, x, state, K, membrane=False):
     q = bank.w_rec.ternary()
-    st, rates = MicroCircuitState(state), []
+    st, rates, membranes = MicroCircuitState(state), [], []
     for x_t in x.unbind(1):
         acc = None
         for _ in range(K):
             _, s, st = bank.step_from_current(x_t, st, None, q)
             acc = s if acc is None else acc + s
         rates.append(acc / K)
+        membranes.append(st.lif.v)
+    if membrane:
+        return torch.stack(rates, 1), torch.stack(membranes, 1), st.lif
     return torch.stack(rates, 1), st.lif
 
 
-def fused(bank, x, state, K):
+def fused(bank, x, state, K, membrane=False):
     q = bank.w_rec.ternary()
-    return recurrent_lif_scan(x, q.codes, q.scale, state, bank.lif.params, K)
+    return recurrent_lif_scan(x, q.codes, q.scale, state, bank.lif.params, K,
+                              membrane=membrane)
 
 
 def make(dtype, detach_reset=True, C=3, N=16, B=4, T=12, seed=0, per_unit=False):
@@ -56,9 +61,10 @@ def make(dtype, detach_reset=True, C=3, N=16, B=4, T=12, seed=0, per_unit=False)
 def test_forward_identical(dtype, K, per_unit):
     bank, x, st = make(dtype, per_unit=per_unit)
     with torch.no_grad():
-        r_ref, end_ref = loop_oracle(bank, x, st, K)
-        r, end = fused(bank, x, st, K)
-    assert torch.equal(r, r_ref)
+        r_ref, m_ref, end_ref = loop_oracle(bank, x, st, K, membrane=True)
+        r, m, end = fused(bank, x, st, K, membrane=True)
+    assert torch.equal(r, r_ref) and torch.equal(m, m_ref)
+    assert torch.equal(m[:, -1], end.v)
     assert torch.equal(end.v, end_ref.v) and torch.equal(end.s, end_ref.s)
     assert 0.05 < r.mean() < 0.9          # the test exercises spiking, not silence
     # the recurrence matters: without it the rates differ
@@ -77,10 +83,11 @@ def test_gradients_match_autograd_loop(dtype, rtol, detach_reset):
     for fn in (loop_oracle, fused):
         bank.zero_grad()
         xx, vv, ss = (t.clone().requires_grad_() for t in (x, st.v, st.s))
-        r, end = fn(bank, xx, LIFState(vv, ss), 2)
+        r, m, end = fn(bank, xx, LIFState(vv, ss), 2, membrane=True)
         if w is None:
-            w = [torch.randn(t.shape, generator=g, dtype=dtype) for t in (r, end.v, end.s)]
-        loss = (w[0] * r).sum() + (w[1] * end.v).sum() + (w[2] * end.s).sum()
+            w = [torch.randn(t.shape, generator=g, dtype=dtype) for t in (r, m, end.v, end.s)]
+        loss = ((w[0] * r).sum() + (w[1] * m).sum() + (w[2] * end.v).sum()
+                + (w[3] * end.s).sum())
         loss.backward()
         grads.append([xx.grad, vv.grad, ss.grad, bank.w_rec.weight.grad.clone()])
     names = ["x", "v0", "s0", "w_rec"]

@@ -1,5 +1,6 @@
 """BrainLM ablation switches ``neuron: silu``, ``mixer: mean``, ``hub_inhibition: kwta |
-divisive`` (``hub_k``): each learns, runs token by token exactly as over the sequence, computes
+divisive`` (``hub_k``) and the options ``hub_residual``, ``memory_read``, ``membrane_readout:
+gain | bank``: each learns, runs token by token exactly as over the sequence, computes
 what its docstring says, rejects bad configs by key name, and leaves the defaults untouched."""
 import pydantic
 import pytest
@@ -20,6 +21,10 @@ SWITCHES = {
     "mean": dict(mixer="mean"),
     "kwta": dict(hub_inhibition="kwta", hub_k=1),
     "divisive": dict(hub_inhibition="divisive"),
+    "hub_residual": dict(hub_residual=True),
+    "memory_read": dict(memory_read=True),
+    "membrane_gain": dict(membrane_readout="gain"),
+    "membrane_bank": dict(membrane_readout="bank"),
 }
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -189,6 +194,49 @@ def test_config_errors_name_the_key():
         BrainLMConfig(**TINY, mixer="max")
     with pytest.raises(pydantic.ValidationError, match="hub_k"):
         BrainLMConfig(**TINY, hub_k=0)
+    for bad, key in ((dict(mixer="mean", hub_residual=True), "hub_residual"),
+                     (dict(ffn="mlp", membrane_readout="gain"), "membrane_readout"),
+                     (dict(membrane_readout="spikes"), "membrane_readout"),
+                     (dict(fast_weights=False, memory_read=True), "memory_read"),
+                     (dict(mixer="attention", memory_read=True), "memory_read")):
+        with pytest.raises(pydantic.ValidationError, match=key):
+            BrainLMConfig(**TINY, **bad)
+
+
+def test_membrane_gain_readout_matches_manual_lif():
+    """``membrane_readout: gain``, ``mixer: mean``: the block written out by hand, LIF units,
+    2 steps per token: v_k = alpha v_{k-1} + u + W_rec s_{k-1} - theta s_{k-1},
+    s_k = H(v_k - theta), out = x + W_p mean_C(W_out (mean_k s_k + gamma * v_2))."""
+    m = make(membrane_readout="gain", mixer="mean", alpha=0.8, theta=0.5)
+    blk = m.blocks[0]
+    with torch.no_grad():
+        blk.membrane_gain.copy_(torch.linspace(-0.5, 0.5, 16, dtype=torch.float64).view(2, 8))
+    B, T = 2, 4
+    x = torch.randn(B, T, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    got, _ = blk(x)
+    W_in, W_rec = blk.bank.w_in.effective_weight(), blk.bank.w_rec.effective_weight()
+    W_out, W_p = blk.readout.effective_weight(), blk.pool.effective_weight()
+    al, th = float(blk.bank.lif.params.alpha), 0.5
+    a = blk.norm(x)
+    v = torch.zeros(B, 2, 8, dtype=torch.float64)
+    s = torch.zeros_like(v)
+    outs, spikes = [], 0.0
+    for t in range(T):
+        u = torch.einsum("bi,cni->bcn", a[:, t], W_in)
+        acc = torch.zeros_like(v)
+        for _ in range(2):
+            v = al * v + u + torch.einsum("bcm,cnm->bcn", s, W_rec) - th * s
+            s = (v > th).double()
+            acc = acc + s
+        spikes += float(acc.sum())
+        h = torch.einsum("bcn,cdn->bcd", acc / 2 + blk.membrane_gain * v, W_out)
+        outs.append(x[:, t] + h.mean(1) @ W_p.T)
+    assert torch.allclose(got, torch.stack(outs, 1), rtol=0, atol=1e-10)
+    assert spikes > 0
+    # the membrane term reaches the output: without it the block differs
+    with torch.no_grad():
+        blk.membrane_gain.zero_()
+    assert (blk(x)[0] - got).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("kw,key", [(dict(neuron="silu"), "neuron"),
@@ -204,12 +252,14 @@ def test_defaults_unchanged():
     builds, from the same seed, exactly the model of the explicit defaults: same parameter
     names, values and logits."""
     old = BrainLMConfig.model_validate({k: v for k, v in TINY.items()})
-    explicit = BrainLMConfig(**TINY, neuron="lif", mixer="hub", hub_inhibition="none", hub_k=1)
+    explicit = BrainLMConfig(**TINY, neuron="lif", mixer="hub", hub_inhibition="none", hub_k=1,
+                             hub_residual=False, memory_read=False, membrane_readout="none")
     assert old == explicit
     a, b = make(), make(neuron="lif", mixer="hub", hub_inhibition="none", hub_k=1)
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert a.blocks[0].hub.inhibition == "none" and not hasattr(a.blocks[0], "pool")
+    assert not a.blocks[0].hub.residual and not hasattr(a.blocks[0], "membrane_gain")
     x, w = tokens(2, 9)
     assert torch.equal(a(x, w), b(x, w))
     c = make(hub_inhibition="divisive")                          # same weights, other switch

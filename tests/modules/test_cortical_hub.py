@@ -5,14 +5,17 @@ Checked: output shapes (equal and unequal groups); one step equals the functiona
 M_{t+1} from the fast-weight update); the sequence forward equals the step loop; gradients reach
 every BitLinear master weight and the feedback gains; fast weights off keeps M at zero and the
 scores equal those without memory (with them on the scores differ from step 1); M is cleared
-at the start of each sequence; kWTA keeps k circuits per group; bad arguments raise.
+at the start of each sequence; kWTA keeps k circuits per group; with ``memory_read`` the
+attention output gains exactly ``s M_t^T q_i`` (zero at step 0), the sequence forward still
+equals the step loop and the read carries gradient to the key and value weights through M;
+bad arguments raise.
 """
 import pytest
 import torch
 
 from neurobit.errors import ParameterError, ShapeError
 from neurobit.functional.attention import grouped_attention
-from neurobit.functional.fast_weights import fast_weight_update
+from neurobit.functional.fast_weights import fast_weight_retrieve, fast_weight_update
 from neurobit.functional.inhibition import inhibit_groups
 from neurobit.modules.cortical_hub import CorticalHub, HubState
 
@@ -113,6 +116,42 @@ def test_fast_weights_off_keeps_memory_zero_and_drops_the_term(gen):
     assert out_on.state.M.abs().max() > 0
 
 
+def test_memory_read_adds_the_values_of_the_memory(gen):
+    h_seq = inputs(5, 2, gen)
+    plain, reading = make_hub(), make_hub(memory_read=True)
+    out_p, out_r = plain(h_seq), reading(h_seq)
+    torch.testing.assert_close(out_r.state.M, out_p.state.M, rtol=0, atol=0)  # same writes
+    torch.testing.assert_close(out_r.attn, out_p.attn, rtol=0, atol=0)        # same scores
+    st = reading.initial_state(2)
+    for t, h in enumerate(h_seq):
+        read = 0.5 * fast_weight_retrieve(st.M, reading.w_q(h))               # s = 1/sqrt(4)
+        torch.testing.assert_close(out_r.h_prime[t], out_p.h_prime[t] + read, rtol=0, atol=1e-12)
+        assert (t == 0) == (read.abs().max() == 0)                             # M_0 = 0
+        out = reading.forward_step(h, st)
+        torch.testing.assert_close(out.g, out_r.g[t], rtol=0, atol=1e-12)      # step == sequence
+        st = out.state
+    # gradients through the read: the sequence pass (fast-weight scan, hand-written backward)
+    # equals autograd through the step loop
+    def loss_seq():
+        return reading(h_seq).g.pow(2).sum()
+
+    def loss_loop():
+        st, tot = reading.initial_state(2), 0.0
+        for h in h_seq:
+            out = reading.forward_step(h, st)
+            st, tot = out.state, tot + out.g.pow(2).sum()
+        return tot
+
+    grads = []
+    for fn in (loss_seq, loss_loop):
+        reading.zero_grad()
+        fn().backward()
+        grads.append([getattr(reading, n).weight.grad.clone() for n in ("w_q", "w_k", "w_v")])
+    for a, b in zip(*grads):
+        assert a.abs().sum() > 0
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_memory_cleared_at_sequence_start_and_bounded(gen):
     hub = make_hub(eta=5.0, clip=0.3)
     a, b = inputs(6, 2, gen), inputs(6, 2, gen) * 3
@@ -145,7 +184,9 @@ def test_unscaled_scores_are_sharper(gen):
 @pytest.mark.parametrize("kw,name", [(dict(groups=4), "groups"), (dict(groups=[[0, 1]]), "groups"),
                                      (dict(inhibition="wta"), "inhibition"),
                                      (dict(inhibition="kwta", k=2), "k"),
-                                     (dict(lam=1.5), "lam"), (dict(clip=-1.0), "clip")])
+                                     (dict(lam=1.5), "lam"), (dict(clip=-1.0), "clip"),
+                                     (dict(memory_read=True, use_fast_weights=False),
+                                      "memory_read")])
 def test_bad_arguments_raise(kw, name):
     with pytest.raises(ParameterError, match=name):
         make_hub(**kw)
