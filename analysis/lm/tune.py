@@ -1,6 +1,6 @@
 """Short proxy runs that chose the study's BrainLM settings (and checked the GPT's lr).
 
-    python analysis/lm/tune.py run        # 10 rounds x 2 runs x 240 s of training steps (~50 min)
+    python analysis/lm/tune.py run        # 14 rounds x 2 runs x 240 s of training steps (~70 min)
     python analysis/lm/tune.py report     # -> analysis/lm/results/lm_tuning.md
 
 Every run is ``neurobit train`` on ``configs/brain.yaml`` or ``configs/gpt.yaml`` with the
@@ -33,6 +33,7 @@ WIDE = ["model.alpha_min=0.3", "model.alpha=0.99"]
 LR6 = ["train.lr=6e-3", "train.min_lr=6e-4"]
 LR10 = ["train.lr=1e-2", "train.min_lr=1e-3"]
 # (name, model, overrides after BASE, what it asks)
+RG = ["model.hub_residual=true", "model.membrane_readout=gain"]  # rounds 13-14
 ROUNDS = [
     [("base", "brain", [], "the original settings"),
      ("ss1", "brain", ["model.spike_steps=1"], "one LIF step per character")],
@@ -55,6 +56,24 @@ ROUNDS = [
      ("w6_slope2", "brain", WIDE + LR6 + ["model.slope=2"], "w6, surrogate slope 2")],
     [("w6_ref", "brain", WIDE + LR6, "w6 again (the reference of rounds 8-10)"),
      ("w6_slope1", "brain", WIDE + LR6 + ["model.slope=1"], "w6, surrogate slope 1 (not kept: see README)")],
+    [("w6_mread", "brain", WIDE + LR6 + ["model.memory_read=true"],
+      "w6, the hub reads the fast-weight memory as values"),
+     ("w6_mread_lam99", "brain", WIDE + LR6 + ["model.memory_read=true", "model.lam=0.99"],
+      "w6, memory read, decay 0.99")],
+    [("w6_mem_bank", "brain", WIDE + LR6 + ["model.membrane_readout=bank"],
+      "w6, readout also from the end-of-token membrane (second ternary bank)"),
+     ("w6_mem_gain", "brain", WIDE + LR6 + ["model.membrane_readout=gain"],
+      "w6, readout of rate + gain * membrane")],
+    [("w6_hubres", "brain", WIDE + LR6 + ["model.hub_residual=true"],
+      "w6, each circuit keeps its own hub value"),
+     ("w6_hubres_gain", "brain", WIDE + LR6 + ["model.hub_residual=true",
+                                               "model.membrane_readout=gain"],
+      "w6, hub residual + membrane gain readout (rg)")],
+    [("w6_rg_mread", "brain", WIDE + LR6 + RG + ["model.memory_read=true"],
+      "rg + the hub reads the fast-weight memory as values"),
+     ("w6_rg_mread_lam99", "brain", WIDE + LR6 + RG + ["model.memory_read=true",
+                                                     "model.lam=0.99"],
+      "rg + memory read, decay 0.99")],
 ]
 SECONDS = 240
 
@@ -114,7 +133,8 @@ def report():
              "speed drifts between rounds, and the kernels got faster between rounds 2 and 3 "
              "and between rounds 6 and 7; rounds 8-10 ran ten days later on a fresh machine, "
              "about 25% more steps in 240 s: round 10 repeats w6 as their "
-             "reference). Runs whose directory is gone keep their numbers from the earlier table.", "",
+             "reference; rounds 11-14 (new model options: hub memory read, membrane readout, "
+             "hub residual) compare with it, on the same machine an hour later). Runs whose directory is gone keep their numbers from the earlier table.", "",
              "| round | run | model | overrides of the original settings | steps | val loss (nats) | bits/char | note |",
              "|---:|---|---|---|---:|---:|---:|---|"]
     out = HERE / "results" / "lm_tuning.md"
