@@ -64,9 +64,15 @@ def measure(run_dir: Path, n_batches: int = 8, batch: int = 16, block: int = 128
     return rows
 
 
+def _fail(message: str) -> None:
+    """One-line error on stderr, exit code 2 (bad input), nothing written."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(run_dirs: list[str]) -> None:
     if not run_dirs:
-        sys.exit("usage: python analysis/lm/hub_mixing.py RUN_DIR [RUN_DIR ...]")
+        _fail("usage: python analysis/lm/hub_mixing.py RUN_DIR [RUN_DIR ...]")
     lines = ["# BrainLM hub mixing", "",
              f"Made by `python analysis/lm/hub_mixing.py {' '.join(run_dirs)}` "
              f"({time.strftime('%Y-%m-%d')}); 8 validation windows of 16 x 128 characters. "
@@ -76,10 +82,11 @@ def main(run_dirs: list[str]) -> None:
              "| run | hub residual | block | attention entropy / ln S | top-sv share of h (into "
              "the hub) | top-sv share of h' (out of the hub) |",
              "|---|---|---:|---:|---:|---:|"]
+    for d in run_dirs:                      # check every argument before measuring any
+        if not (Path(d) / "run.yaml").is_file():
+            _fail(f"{d}: not a neurobit train directory (no run.yaml)")
     for d in run_dirs:
         path = Path(d)
-        if not (path / "run.yaml").is_file():
-            sys.exit(f"{d}: not a neurobit train directory (no run.yaml)")
         for r in measure(path):
             lines.append(f"| {path.name} | {r['residual']} | {r['block']} | {r['entropy']:.3f} | "
                          f"{r['top_h']:.3f} | {r['top_hp']:.3f} |")

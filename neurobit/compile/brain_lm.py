@@ -113,11 +113,12 @@ def _block_arrays(blk, dtype) -> _BlockArrays:
         _np(c_rec.transpose(1, 2), dtype), bank_sc(s_rec), per(p.alpha), per(p.theta),
         per(p.reset),
         (_np(blk.membrane_gain, dtype) if blk.cfg.membrane_readout == "gain"
-         else np.zeros((0, N), dtype=_np(c_out, dtype).dtype)),
+         else _np(torch.zeros(0, N), dtype)),
         _np(c_out, dtype), bank_sc(s_out),
         _np(qs["w_q"][0], dtype), sc(qs["w_q"][1]), _np(qs["w_k"][0], dtype), sc(qs["w_k"][1]),
         _np(qs["w_v"][0], dtype), sc(qs["w_v"][1]), _np(qs["w_g"][0], dtype), sc(qs["w_g"][1]),
-        bool(hub.use_fast_weights), bool(hub.residual), bool(hub.memory_read), f(hub.lam), f(hub.eta), f(hub.clip),
+        bool(hub.use_fast_weights), bool(hub.residual), bool(hub.memory_read),
+        f(hub.lam), f(hub.eta), f(hub.clip),
         f(hub.scale if hub.scale is not None else 1.0 / math.sqrt(hub.d_key)),
         int(hub.layout.group_size))
 
@@ -192,7 +193,8 @@ class CompiledBrainLM(StepByRun, torch.nn.Module):
                               self.cfg.spike_steps, v, s, arr.m_gain, arr.codes_out,
                               arr.sc_out, arr.codes_q, arr.sc_q, arr.codes_k, arr.sc_k,
                               arr.codes_v, arr.sc_v, arr.codes_g, arr.sc_g, M,
-                              arr.use_fw, arr.residual, arr.mem_read, arr.lam, arr.eta, arr.clip, arr.score_scale,
+                              arr.use_fw, arr.residual, arr.mem_read, arr.lam, arr.eta,
+                              arr.clip, arr.score_scale,
                               arr.group_size, g)
             t = torch.from_numpy
             new.append(BrainBlockState(MicroCircuitState(LIFState(t(v), t(s))),

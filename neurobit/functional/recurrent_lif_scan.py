@@ -84,7 +84,8 @@ class _RecurrentLIFScan(torch.autograd.Function):
             recurrent_lif_backward(v_trace.numpy(), cd.numpy(), sc.numpy(), alpha.numpy(),
                                    theta.numpy(), beta.numpy(), s0c.numpy(), ctx.K,
                                    _jitted_surrogate(p.surrogate), float(p.slope),
-                                   bool(p.detach_reset), g_r.numpy(), g_m.numpy(), g_vT.numpy(), g_sT.numpy(),
+                                   bool(p.detach_reset), g_r.numpy(), g_m.numpy(), g_vT.numpy(),
+                                   g_sT.numpy(),
                                    g_x.numpy(), g_trace.numpy(), s_prev.numpy(), g_v0.numpy(),
                                    g_s0.numpy())
         g_w = torch.matmul(g_trace.transpose(2, 3), s_prev).sum(0)   # dL/dW, W = scale * codes

@@ -176,9 +176,10 @@ class BrainBlock(nn.Module):
             q_rec = self.bank.w_rec.quantized()                               # once per sequence
             q_out = self.readout.quantized()
             if self._fused(u_in):  # all tokens and LIF steps in one numba scan
-                r, m, lif_state = recurrent_lif_scan(u_in, q_rec.codes, q_rec.scale, circ.lif,
-                                                     self.bank.lif.params, cfg.spike_steps,
-                                                     membrane=True)
+                out = recurrent_lif_scan(u_in, q_rec.codes, q_rec.scale, circ.lif,
+                                         self.bank.lif.params, cfg.spike_steps,
+                                         membrane=self._reads_membrane)
+                r, m, lif_state = out if self._reads_membrane else (out[0], None, out[1])
                 return self._mix(x, self._readout(r, m, q_out),
                                  BrainBlockState(MicroCircuitState(lif_state), hub, kv, fb))
             rates, membranes, gs = [], [], []
@@ -192,10 +193,15 @@ class BrainBlock(nn.Module):
                 membranes.append(circ.lif.v)
             if self.feedback:
                 return x + torch.stack(gs, 1), BrainBlockState(circ, hub, kv, fb)
-            h = self._readout(torch.stack(rates, 1), torch.stack(membranes, 1), q_out)
+            m = torch.stack(membranes, 1) if self._reads_membrane else None
+            h = self._readout(torch.stack(rates, 1), m, q_out)
         else:
             h = self.mlp(a).view(B, T, cfg.n_circuits, cfg.d_circuit)
         return self._mix(x, h, BrainBlockState(circ, hub, kv, fb))
+
+    @property
+    def _reads_membrane(self) -> bool:
+        return self.cfg.membrane_readout != "none"
 
     def _readout(self, r, m, q_out):
         """Circuit outputs ``h`` ``[..., C, D]`` from token rates ``r`` and end-of-token

@@ -20,8 +20,8 @@ keys and values enter ``M_{t+1}``. With ``use_fast_weights=False`` the memory te
 ``n_feedback`` units of each circuit at the next step (``MicroCircuit.step(..., feedback=)``).
 With ``residual`` each circuit keeps its own value next to what it attends to (a softmax over
 near-equal scores otherwise averages the circuits into one vector: ``g`` then carries about
-``d`` numbers instead of ``C d``). With ``memory_read`` the memory is also read as values: ``M_t^T q_i = sum_t' w_t' v_t' (k_t' . q_i)``
-over the circuits and earlier steps t' (``w`` the decayed write rates; a linear-attention read
+``d`` numbers instead of ``C d``). With ``memory_read`` the memory is also read as values:
+``M_t^T q_i = sum_t' w_t' v_t' (k_t' . q_i)`` over the circuits and earlier steps t' (``w`` the decayed write rates; a linear-attention read
 across tokens, :func:`fast_weight_retrieve`), added to the attention output of circuit i.
 
 State (``HubState``: memory ``M`` and last global state ``g``) goes in and comes out explicitly;
